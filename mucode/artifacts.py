@@ -231,6 +231,12 @@ class ArtifactStore:
             raise CorruptArtifactError(f"manifest of {path} is not valid JSON: re-run its stage") from None
         return path, manifest
 
+    def ref(self, path: str) -> Artifact:
+        """The `Artifact` reference of a stored path (e.g. given on a command line)."""
+        resolved, manifest = self._resolve(path)
+        return Artifact(hash=manifest["sha256"][:HASH_CHARS], path=self._url(resolved), kind=manifest["kind"],
+                        stage=manifest["stage"], rows=manifest.get("rows"))
+
     def manifest(self, ref: Artifact | str) -> dict:
         return self._resolve(ref)[1]
 

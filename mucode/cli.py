@@ -1,0 +1,209 @@
+"""The `mucode` command line: thin commands over the stage functions.
+
+Each command parses its options, imports what it needs lazily (so `mucode --help` does not
+load torch), calls one plain function, and turns a known error into one line on stderr
+and exit code 2. No algorithm lives here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="µCode: multi-turn code generation by expert iteration, as a resumable DAG.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="The execution sandbox image.")
+app.add_typer(sandbox_app, name="sandbox")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is already one actionable line."""
+    from mucode.artifacts import ArtifactError
+    from mucode.config import ConfigError
+
+    known: list[type[BaseException]] = [ConfigError, ArtifactError, FileNotFoundError]
+    for module, name in [("mucode.data", "DatasetError"), ("mucode.models", "ModelNotFoundError"),
+                         ("mucode.sandbox", "SandboxError"), ("mucode.engines", "EngineError"),
+                         ("mucode.tasks", "UnknownStageError"), ("mucode.tasks.rollout", "RolloutInputError"),
+                         ("mucode.tasks.execute", "ExecuteInputError")]:
+        try:
+            known.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(known)
+
+
+def _run(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except _known_errors() as error:
+        _fail(str(error))
+
+
+def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    parsed = {}
+    for pair in pairs:
+        if "=" not in pair:
+            _fail(f"{what} '{pair}' must look like name=value")
+        key, value = pair.split("=", 1)
+        parsed[key.strip()] = value
+    return parsed
+
+
+@app.command()
+def data(dataset: str = typer.Argument(..., help="mbpp, humaneval, mbpp-plus, humaneval-plus or codecontests"),
+         split: str = typer.Option(..., help="prompt, test, validation, train (MBPP); test (HumanEval)"),
+         out: Path = typer.Option(..., help="output Parquet file"),
+         data_dir: Optional[Path] = typer.Option(None, help="local folder with the dataset files (offline)"),
+         limit: Optional[int] = typer.Option(None, help="first N problems only")):
+    """Write one split of a dataset, with public and private tests, as Parquet."""
+    from mucode.data import write_problems
+
+    rows = _run(write_problems, dataset, split, out, data_dir=data_dir, limit=limit)
+    typer.echo(f"wrote {rows} problems to {out}")
+
+
+@app.command()
+def execute(input: Path = typer.Argument(..., help="JSONL or Parquet with columns id, code, tests"),
+            out: Path = typer.Option(..., help="output Parquet with one verdict per row"),
+            backend: str = typer.Option("auto", help="local, docker or auto"),
+            workers: Optional[int] = typer.Option(None, help="parallel workers (default: cores)"),
+            timeout: float = typer.Option(10.0, help="wall-clock seconds per program"),
+            memory_mb: int = typer.Option(1024, help="memory limit per program")):
+    """Run untrusted programs in the sandbox and write their verdicts."""
+    from mucode.sandbox import execute_file
+
+    rows = _run(execute_file, input, out, backend=backend, workers=workers, timeout_s=timeout, memory_mb=memory_mb)
+    typer.echo(f"wrote {rows} verdicts to {out}")
+
+
+@sandbox_app.command("build")
+def sandbox_build(base_image: str = typer.Option("python:3.12-slim", help="base image with python3"),
+                  tag: str = typer.Option("mucode-sandbox:latest", help="tag of the built image")):
+    """Build the Docker sandbox image."""
+    from mucode.sandbox.docker import build_image
+
+    typer.echo(_run(build_image, base_image, tag))
+
+
+@app.command()
+def model(name: str = typer.Argument("bundled:smollm2-135m-instruct", help="bundled:NAME, hub id or local dir")):
+    """Resolve a model (converting and caching the bundled one) and print its path."""
+    from mucode.models import resolve_model
+
+    typer.echo(_run(resolve_model, name))
+
+
+@app.command()
+def rollout(config: Path = typer.Option(..., help="YAML config"),
+            out: Path = typer.Option(..., help="output Parquet, one row per turn"),
+            model: Optional[str] = typer.Option(None, help="generator (default: the config's model)"),
+            split: Optional[str] = typer.Option(None, help="split of the training dataset"),
+            limit: Optional[int] = typer.Option(None, help="first N problems"),
+            set: list[str] = typer.Option([], "--set", help="config override section.key=value")):
+    """Roll out a generator in the multi-turn environment."""
+    _run(_rollout, config, out, model, split, limit, set)
+
+
+def _rollout(config: Path, out: Path, model_name: str | None, split: str | None, limit: int | None,
+             overrides: list[str]) -> None:
+    from mucode.config import load_config
+    from mucode.data import load_problems
+    from mucode.models import model_fingerprint, resolve_model
+    from mucode.progress import rollout_progress
+    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+    from mucode.tasks.rollout import run_rollouts, summarize_rollouts
+
+    cfg = load_config(config, overrides)
+    problems = load_problems(cfg.data.train_dataset, split or cfg.data.train_split, data_dir=cfg.data.data_dir,
+                             limit=limit or cfg.data.train_limit)
+    path = resolve_model(model_name or cfg.model.name)
+    with make_engine_from_config(cfg, path) as engine, make_sandbox_from_config(cfg) as sandbox, \
+            rollout_progress(problems.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:
+        frame = run_rollouts(problems, engine, sandbox, num_rollouts=cfg.rollout.num_rollouts,
+                             max_turns=cfg.rollout.max_turns, sampling=sampling_params(cfg.rollout.sampling, cfg.seed),
+                             generator_hash=model_fingerprint(path), chunk_size=4 * cfg.engine.batch_size,
+                             progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out)
+    summary = summarize_rollouts(frame)
+    typer.echo(f"wrote {frame.height} turns of {int(summary['rollouts'])} rollouts to {out}; "
+               f"final pass rate {summary['final_private_pass_rate']:.3f}")
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="problems, rollout, execute, aggregate, verifier, relabel, finetune, evaluate"),
+          config: Path = typer.Option(..., help="YAML config"),
+          artifact: list[str] = typer.Option([], help="input artifact name=PATH (repeatable)"),
+          option: list[str] = typer.Option([], help="other argument name=VALUE (repeatable, YAML-parsed)"),
+          set: list[str] = typer.Option([], "--set", help="config override section.key=value")):
+    """Re-run one stage on existing artifacts; prints the output artifact's path."""
+    typer.echo(_run(_stage, name, config, artifact, option, set))
+
+
+def _stage(name: str, config: Path, artifacts: list[str], options: list[str], overrides: list[str]) -> str:
+    import yaml
+
+    from mucode.artifacts import ArtifactStore
+    from mucode.config import load_config
+    from mucode.resources import experiment_root
+    from mucode.tasks import stage_function
+
+    cfg = load_config(config, overrides)
+    root = experiment_root(cfg)
+    store = ArtifactStore(root)
+    arguments = {key: store.ref(path) for key, path in _parse_pairs(artifacts, "--artifact").items()}
+    arguments.update({key: yaml.safe_load(value) for key, value in _parse_pairs(options, "--option").items()})
+    result = stage_function(name)(cfg, root, **arguments)
+    return str(result)
+
+
+@app.command()
+def evaluate(config: Path = typer.Option(..., help="YAML config"),
+             generator: str = typer.Option(..., help="generator model: bundled:NAME, hub id or local dir"),
+             dataset: str = typer.Option(..., help="humaneval or mbpp (test split)"),
+             out: Path = typer.Option(..., help="output directory"),
+             verifier: Optional[str] = typer.Option(None, help="verifier model directory"),
+             selection: str = typer.Option("pt+lv", help="random, lv, pt or pt+lv"),
+             n: int = typer.Option(5, help="candidates per turn"),
+             turns: int = typer.Option(3, help="turns per search"),
+             searches: Optional[int] = typer.Option(None, help="independent searches per problem"),
+             limit: Optional[int] = typer.Option(None, help="first N problems")):
+    """Multi-turn Best-of-N evaluation; writes rows.parquet, summary.json and report.md."""
+    from mucode.config import load_config
+    from mucode.tasks.evaluate import evaluate_to_dir
+
+    cfg = _run(load_config, config)
+    summary = _run(evaluate_to_dir, cfg, generator=generator, verifier=verifier, dataset=dataset, out=out,
+                   selection=selection, n=n, turns=turns, searches=searches, limit=limit)
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="an experiment directory")):
+    """Rebuild the Markdown report and its plots from the run's artifacts alone."""
+    from mucode.report import build_report
+
+    typer.echo(_run(build_report, run_dir))
+
+
+@app.command()
+def train(config: Path = typer.Option(Path("configs/smoke.yaml"), help="YAML config"),
+          set: list[str] = typer.Option([], "--set", help="config override section.key=value")):
+    """Run the whole M-iteration µCode flow (Prefect), then evaluation and the report."""
+    from mucode.flows.train import main as train_main
+
+    _run(train_main, str(config), set)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,90 @@
+"""Progress of long stages: a rich bar in the terminal and a Prefect progress artifact.
+
+`stage_progress(total, description)` yields `advance(done, detail)`: it redraws the terminal
+bar and, inside a Prefect flow or task run, updates a progress artifact (throttled, so a
+stage with thousands of steps makes a handful of API calls). Outside a run it only draws.
+It measures nothing itself; callers pass counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Callable, Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+PREFECT_UPDATE_EVERY_S = 5.0
+
+Advance = Callable[[int, str], None]
+
+
+def _in_prefect_run() -> bool:
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+    except ImportError:
+        return False
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+class _PrefectProgress:
+    def __init__(self, description: str):
+        from prefect.artifacts import create_progress_artifact
+
+        self.description = description
+        self.artifact_id = create_progress_artifact(0.0, description=description)
+        self.last_update = 0.0
+
+    def update(self, fraction: float, detail: str, force: bool = False) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        now = time.monotonic()
+        if force or now - self.last_update >= PREFECT_UPDATE_EVERY_S:
+            update_progress_artifact(self.artifact_id, 100.0 * fraction, description=f"{self.description} {detail}".strip())
+            self.last_update = now
+
+
+@contextlib.contextmanager
+def stage_progress(total: int, description: str) -> Iterator[Advance]:
+    """Yield `advance(done, detail)` where `done` is the absolute count completed so far."""
+    prefect_progress = _PrefectProgress(description) if _in_prefect_run() else None
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[detail]}")]
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty() and not _force_bar()) as bar:
+        task = bar.add_task(description, total=total, detail="")
+        last = {"done": 0, "detail": ""}
+
+        def advance(done: int, detail: str = "") -> None:
+            last.update(done=done, detail=detail)
+            bar.update(task, completed=min(done, total), detail=detail)
+            if prefect_progress:
+                prefect_progress.update(min(done, total) / max(total, 1), detail)
+
+        yield advance
+        if prefect_progress:
+            prefect_progress.update(min(last["done"], total) / max(total, 1), last["detail"], force=True)
+
+
+def _force_bar() -> bool:
+    import os
+
+    return os.environ.get("MUCODE_PROGRESS", "") == "1"
+
+
+@contextlib.contextmanager
+def rollout_progress(num_trajectories: int, max_turns: int):
+    """A progress callback for `run_rollouts`: requests done per turn, and tokens/s."""
+    with stage_progress(num_trajectories * max_turns, "rollout") as advance:
+        finished_turns = {"requests": 0}
+        current = {"turn": 0}
+
+        def on_stats(stats) -> None:
+            if stats.turn != current["turn"]:
+                # Trajectories that stopped early never make their later requests: count them as done.
+                finished_turns["requests"] = (stats.turn - 1) * num_trajectories
+                current["turn"] = stats.turn
+            done = finished_turns["requests"] + stats.done_in_turn + (num_trajectories - stats.live)
+            advance(done, f"turn {stats.turn}/{max_turns}  live {stats.live}  {stats.tokens_per_s:.0f} tok/s")
+
+        yield on_stats

@@ -1,0 +1,49 @@
+"""Builds what a stage runs with from the config: model paths, an engine, a sandbox.
+
+One place maps config sections onto `mucode.models`, `mucode.engines` and `mucode.sandbox`,
+so the rollout and evaluation stages start them the same way. Nothing is started at import.
+"""
+
+from __future__ import annotations
+
+from mucode.artifacts import Artifact, ArtifactStore
+from mucode.config import Config, SamplingConfig
+
+
+def model_path(cfg: Config, store: ArtifactStore, model: Artifact | None) -> str:
+    """The local directory (or hub id) of a stored model, or of the base model when None."""
+    from mucode.models import resolve_model
+
+    return resolve_model(cfg.model.name) if model is None else store.get_dir(model)
+
+
+def model_hash(cfg: Config, model: Artifact | None) -> str:
+    """What identifies a generator in manifests and rows: artifact hash, or the base model name."""
+    return model.hash if model is not None else f"base:{cfg.model.name}"
+
+
+def make_engine_from_config(cfg: Config, path: str):
+    from mucode.engines import make_engine
+
+    if cfg.engine.kind == "sglang":
+        return make_engine("sglang", path, tp_size=cfg.engine.tp_size, dp_size=cfg.engine.dp_size,
+                           mem_fraction_static=cfg.engine.mem_fraction_static)
+    return make_engine("hf", path, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
+
+
+def make_sandbox_from_config(cfg: Config):
+    from mucode.sandbox import make_sandbox
+
+    return make_sandbox(cfg.sandbox.backend, workers=cfg.sandbox.workers,
+                        timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
+
+
+def sampling_params(sampling: SamplingConfig, seed: int):
+    from mucode.engines import SamplingParams
+
+    return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                          max_new_tokens=sampling.max_new_tokens, seed=seed)
+
+
+def experiment_root(cfg: Config) -> str:
+    return f"{cfg.run_dir.rstrip('/')}/{cfg.name}"

@@ -1,0 +1,68 @@
+"""Execute stage: the oracle labels of every turn of every rollout.
+
+Re-runs each turn's code on the problem's oracle tests (`private_tests`) in the sandbox and
+records the verdict. Training labels come from here, not from the rollout loop's in-line
+verdicts, so they can be recomputed with a stricter suite (MBPP+) or another sandbox
+backend without regenerating, and a program whose verdict changes between the two runs
+(flaky, time-limited) is flagged. Identical (task, code) pairs are executed once.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mucode.sandbox import Program
+
+LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
+                 "label_mismatch": pl.Boolean}
+
+
+class ExecuteInputError(ValueError):
+    """The rollouts cannot be labelled; the message is one line."""
+
+
+def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[list[Program], list[int]]:
+    """Distinct (task, code) programs, and for each rollout row the index of its program."""
+    oracle_tests = dict(zip(problems["task_id"], problems["private_tests"]))
+    unknown = set(rollouts["task_id"].unique()) - set(oracle_tests)
+    if unknown:
+        raise ExecuteInputError(f"rollouts name {len(unknown)} task ids not in the problems artifact "
+                                f"(e.g. {sorted(unknown)[0]}): pass the problems the rollouts were made from")
+    index_of: dict[tuple[str, str], int] = {}
+    programs: list[Program] = []
+    row_program: list[int] = []
+    for task_id, code in zip(rollouts["task_id"], rollouts["code"]):
+        key = (task_id, code)
+        if key not in index_of:
+            index_of[key] = len(programs)
+            programs.append(Program(id=str(len(programs)), code=code, tests=oracle_tests[task_id]))
+        row_program.append(index_of[key])
+    return programs, row_program
+
+
+def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:
+    """The rollouts with oracle labels; `run_programs(programs) -> verdicts` is a sandbox's run."""
+    programs, row_program = oracle_programs(rollouts, problems)
+    verdicts = run_programs(programs) if programs else []
+    passed = [verdicts[i].passed for i in row_program]
+    labelled = rollouts.with_columns(
+        pl.Series("oracle_passed", passed, dtype=pl.Boolean),
+        pl.Series("oracle_status", [verdicts[i].status for i in row_program], dtype=pl.String),
+        pl.Series("exec_wall_s", [verdicts[i].wall_s for i in row_program], dtype=pl.Float64),
+    )
+    return labelled.with_columns((pl.col("oracle_passed") != pl.col("private_passed")).alias("label_mismatch"))
+
+
+def execute_stage(cfg, root: str, rollouts, problems):
+    """Store-level stage: label stored rollouts against stored problems."""
+    from mucode.artifacts import ArtifactStore
+    from mucode.resources import make_sandbox_from_config
+
+    store = ArtifactStore(root)
+    frame, problem_frame = store.get_frame(rollouts), store.get_frame(problems)
+    with make_sandbox_from_config(cfg) as sandbox:
+        labelled = label_rollouts(frame, problem_frame, sandbox.run)
+    metrics = {"rows": labelled.height, "oracle_pass_rate": float(labelled["oracle_passed"].mean() or 0.0),
+               "label_mismatches": int(labelled["label_mismatch"].sum())}
+    return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest("sandbox"),
+                           inputs=[rollouts.hash, problems.hash], extra={"metrics": metrics})

@@ -1,0 +1,16 @@
+"""Problems stage: one dataset split, with its public and private tests, as an artifact.
+
+Stores what `mucode.data.load_problems` returns so every later stage (and every cached
+re-run) reads the same problems by hash. It does not fetch anything itself.
+"""
+
+from __future__ import annotations
+
+
+def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None):
+    from mucode.artifacts import ArtifactStore
+    from mucode.data import load_problems
+
+    frame = load_problems(dataset, split, data_dir=cfg.data.data_dir, limit=limit)
+    return ArtifactStore(root).put_frame(frame, stage="problems", config_hash=cfg.section_digest("data"),
+                                         extra={"dataset": dataset, "split": split, "limit": limit})
