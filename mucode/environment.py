@@ -18,8 +18,8 @@ Message = dict[str, str]
 Mode = Literal["train", "eval"]
 
 
-def initial_conversation(problem: str, public_tests: str) -> list[Message]:
-    return [{"role": "user", "content": first_user_message(problem, public_tests)}]
+def initial_conversation(problem: str, public_tests: str, dataset: str = "") -> list[Message]:
+    return [{"role": "user", "content": first_user_message(problem, public_tests, dataset)}]
 
 
 def extend_conversation(conversation: list[Message], answer: str, public_passed: bool,

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import re
 
+from mucode.data.programs import STDIO_DATASETS
+
 FIRST_MESSAGE_TEMPLATE = (
     "Write a Python function implementation for the following prompt:\n\n{problem}\n\n"
     "Your code should satisfy these tests:\n\n{public_tests}\n\n"
     "Return only the implementation code, no tests or explanations. "
+    "Be sure to include the relevant import statements:\n```python\ncode\n```"
+)
+# Stdin/stdout problems (CodeContests) ask for a whole program instead of a function.
+STDIO_FIRST_MESSAGE_TEMPLATE = (
+    "Write a Python program that reads from standard input and writes to standard output "
+    "for the following problem:\n\n{problem}\n\n"
+    "Your program should satisfy these tests (stdin, expected stdout):\n\n{public_tests}\n\n"
+    "Return only the program code, no tests or explanations. "
     "Be sure to include the relevant import statements:\n```python\ncode\n```"
 )
 SUCCESS_FEEDBACK = "All public tests passed."
@@ -25,8 +35,9 @@ _PYTHON_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:```|\Z)", r
 _ANY_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
-def first_user_message(problem: str, public_tests: str) -> str:
-    return FIRST_MESSAGE_TEMPLATE.format(problem=problem.strip(), public_tests=public_tests.strip())
+def first_user_message(problem: str, public_tests: str, dataset: str = "") -> str:
+    template = STDIO_FIRST_MESSAGE_TEMPLATE if dataset in STDIO_DATASETS else FIRST_MESSAGE_TEMPLATE
+    return template.format(problem=problem.strip(), public_tests=public_tests.strip())
 
 
 def extract_code(answer: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from mucode.data import STDIO_DATASETS, stdio_program
 from mucode.sandbox import Program
 
 LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
@@ -21,9 +22,17 @@ class ExecuteInputError(ValueError):
     """The rollouts cannot be labelled; the message is one line."""
 
 
+def sandbox_program(program_id: str, dataset: str, code: str, tests: str) -> Program:
+    """The program that runs `code` against `tests`; stdin/stdout problems embed the code in a harness."""
+    if dataset in STDIO_DATASETS:
+        # Their top-level code reads stdin, so it cannot simply be followed by the tests.
+        return Program(id=program_id, code=stdio_program(code, tests), tests="")
+    return Program(id=program_id, code=code, tests=tests)
+
+
 def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[list[Program], list[int]]:
     """Distinct (task, code) programs, and for each rollout row the index of its program."""
-    oracle_tests = dict(zip(problems["task_id"], problems["private_tests"]))
+    oracle_tests = {row["task_id"]: (row.get("dataset", ""), row["private_tests"]) for row in problems.iter_rows(named=True)}
     unknown = set(rollouts["task_id"].unique()) - set(oracle_tests)
     if unknown:
         raise ExecuteInputError(f"rollouts name {len(unknown)} task ids not in the problems artifact "
@@ -35,9 +44,14 @@ def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[lis
         key = (task_id, code)
         if key not in index_of:
             index_of[key] = len(programs)
-            programs.append(Program(id=str(len(programs)), code=code, tests=oracle_tests[task_id]))
+            programs.append(sandbox_program(str(len(programs)), *_with_code(oracle_tests[task_id], code)))
         row_program.append(index_of[key])
     return programs, row_program
+
+
+def _with_code(dataset_and_tests: tuple[str, str], code: str) -> tuple[str, str, str]:
+    dataset, tests = dataset_and_tests
+    return dataset, code, tests
 
 
 def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:

@@ -22,7 +22,7 @@ import polars as pl
 from mucode.engines import SamplingParams
 from mucode.environment import Mode, Trajectory, extend_conversation, initial_conversation, is_finished
 from mucode.prompts import feedback_text
-from mucode.sandbox import Program
+from mucode.tasks.execute import sandbox_program
 
 ROLLOUT_SCHEMA = {
     "task_id": pl.String, "rollout_id": pl.Int64, "turn": pl.Int64, "prompt_messages": pl.String,
@@ -99,13 +99,13 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
     return answers
 
 
-def judge_turn(sandbox, trajectories: Sequence[Trajectory], tests_by_task: dict[str, tuple[str, str]]):
+def judge_turn(sandbox, trajectories: Sequence[Trajectory], tests_by_task: dict[str, tuple[str, str, str]]):
     """Public and oracle verdicts for each trajectory's latest code, in one sandbox batch."""
     programs = []
     for index, trajectory in enumerate(trajectories):
-        public_tests, private_tests = tests_by_task[trajectory.task_id]
-        programs.append(Program(id=f"{index}:public", code=trajectory.code, tests=public_tests))
-        programs.append(Program(id=f"{index}:private", code=trajectory.code, tests=private_tests))
+        dataset, public_tests, private_tests = tests_by_task[trajectory.task_id]
+        programs.append(sandbox_program(f"{index}:public", dataset, trajectory.code, public_tests))
+        programs.append(sandbox_program(f"{index}:private", dataset, trajectory.code, private_tests))
     verdicts = sandbox.run(programs)
     return verdicts[0::2], verdicts[1::2]
 
@@ -115,9 +115,11 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
                  chunk_size: int = 64, progress: ProgressCallback | None = None) -> pl.DataFrame:
     """K rollouts of up to T turns for every problem; one row per turn."""
     check_problems(problems)
-    tests_by_task = {row["task_id"]: (row["public_tests"], row["private_tests"]) for row in problems.iter_rows(named=True)}
+    tests_by_task = {row["task_id"]: (row.get("dataset", ""), row["public_tests"], row["private_tests"])
+                     for row in problems.iter_rows(named=True)}
     trajectories = [
-        Trajectory(row["task_id"], rollout_id, initial_conversation(row["prompt"], row["public_tests"]))
+        Trajectory(row["task_id"], rollout_id,
+                   initial_conversation(row["prompt"], row["public_tests"], row.get("dataset", "")))
         for row in problems.iter_rows(named=True) for rollout_id in range(num_rollouts)
     ]
     rows: list[dict] = []
