@@ -1,0 +1,189 @@
+"""How the training stages run: in this process on CPU, or under `accelerate launch` on GPUs.
+
+The verifier and fine-tuning stages each have a module entry point
+(`python -m mucode.tasks.<stage> --config-json ... --out DIR ...`). With no GPU the stage
+trains in the calling process in fp32; with GPUs `run_training` writes the input frames to
+a temporary directory and starts the same entry point through `accelerate launch` with the
+repository's DeepSpeed ZeRO-3 or FSDP config (containers/accelerate/), then reads back the
+metrics the main process wrote. This module also maps the shared part of `ComputeConfig`
+onto transformers' `TrainingArguments` keywords. It does not build datasets or models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from mucode.config import ComputeConfig
+
+Stage = Literal["verifier", "finetune"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE_CONFIG_DIR = REPO_ROOT / "containers" / "accelerate"
+ACCELERATE_CONFIG_FILES = {"deepspeed-zero3": "deepspeed-zero3.yaml", "fsdp": "fsdp.yaml"}
+
+
+class TrainingLaunchError(RuntimeError):
+    """A launched training run failed or the launch is misconfigured; the message is one line."""
+
+
+def accelerate_config_path(distributed: str) -> Path:
+    """The accelerate config file of a `ComputeConfig.distributed` strategy."""
+    if distributed not in ACCELERATE_CONFIG_FILES:
+        raise TrainingLaunchError(
+            f"no accelerate config for distributed={distributed!r}: use one of {sorted(ACCELERATE_CONFIG_FILES)}"
+        )
+    path = ACCELERATE_CONFIG_DIR / ACCELERATE_CONFIG_FILES[distributed]
+    if not path.is_file():
+        raise TrainingLaunchError(f"accelerate config {path} not found: install mucode editable from a repository "
+                                  "checkout (pip install -e .), as containers/trainer.Dockerfile does")
+    return path
+
+
+def build_launch_command(stage: Stage, compute: ComputeConfig, args: Sequence[str]) -> list[str]:
+    """`accelerate launch ... -m mucode.tasks.<stage> <args>` for `compute.num_gpus` processes."""
+    if compute.num_gpus < 1:
+        raise TrainingLaunchError("accelerate launch needs compute.num_gpus >= 1: on CPU the stage runs in-process")
+    command = ["accelerate", "launch"]
+    if compute.distributed != "none":
+        command += ["--config_file", str(accelerate_config_path(compute.distributed))]
+    command += ["--num_processes", str(compute.num_gpus), "--mixed_precision", "bf16" if compute.bf16 else "no"]
+    if compute.distributed == "fsdp":
+        # FSDP checkpoints activations itself; the Trainer's own flag would all-gather twice.
+        command += ["--fsdp_activation_checkpointing", "true" if compute.gradient_checkpointing else "false"]
+    return [*command, "-m", f"mucode.tasks.{stage}", *args]
+
+
+def run_training(stage: Stage, compute: ComputeConfig, train_here: Callable[[], dict[str, Any]],
+                 frames: dict[str, pl.DataFrame], options: Sequence[str]) -> dict[str, Any]:
+    """Train in this process when there is no GPU, else launch the stage's entry point.
+
+    `frames` become `--<name> file.parquet` arguments of the launched entry point, `options`
+    are passed as they are; the entry point writes its metrics to `--metrics`.
+    """
+    if compute.num_gpus == 0:
+        return train_here()
+    with tempfile.TemporaryDirectory(prefix=f"mucode-{stage}-") as scratch:
+        args = list(options)
+        for name, frame in frames.items():
+            path = Path(scratch) / f"{name}.parquet"
+            frame.write_parquet(path)
+            args += [f"--{name}", str(path)]
+        metrics_path = Path(scratch) / "metrics.json"
+        command = build_launch_command(stage, compute, [*args, "--metrics", str(metrics_path)])
+        completed = subprocess.run([accelerate_executable(), *command[1:]], check=False)
+        if completed.returncode != 0:
+            raise TrainingLaunchError(
+                f"accelerate launch of the {stage} stage exited with code {completed.returncode}: see its output above"
+            )
+        return json.loads(metrics_path.read_text())
+
+
+def accelerate_executable() -> str:
+    """The `accelerate` script of this interpreter's environment, else the one on PATH."""
+    beside_python = Path(sys.executable).parent / "accelerate"
+    return str(beside_python) if beside_python.is_file() else (shutil.which("accelerate") or "accelerate")
+
+
+def world_size(compute: ComputeConfig) -> int:
+    return max(1, compute.num_gpus)
+
+
+def per_device_batch_size(global_batch: int, compute: ComputeConfig, accumulation_steps: int = 1) -> int:
+    """The per-process batch so that processes × accumulation × it = the configured batch."""
+    shards = world_size(compute) * accumulation_steps
+    if global_batch % shards:
+        raise TrainingLaunchError(
+            f"batch_size {global_batch} is not divisible by num_gpus × gradient_accumulation_steps = {shards}"
+        )
+    return global_batch // shards
+
+
+def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learning_rate: float, epochs: float,
+                      global_batch: int, accumulation_steps: int = 1) -> dict[str, Any]:
+    """Keyword arguments shared by every `TrainingArguments` subclass the stages use.
+
+    AdamW with a linear schedule (the paper's), a loss logged every step, no checkpoints.
+    fp32 on CPU; bf16 and activation checkpointing on GPUs as `compute` says.
+    """
+    on_cpu = compute.num_gpus == 0
+    return {
+        "output_dir": out_dir,
+        "learning_rate": learning_rate,
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": per_device_batch_size(global_batch, compute, accumulation_steps),
+        "gradient_accumulation_steps": accumulation_steps,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "optim": "adamw_torch",
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": on_cpu,
+        "bf16": compute.bf16 and not on_cpu,
+        "fp16": False,
+        "activation_checkpointing": compute.gradient_checkpointing and compute.distributed != "fsdp" and not on_cpu,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def loss_log(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The training-loss curve from a Trainer's `state.log_history`: [{step, epoch, loss}]."""
+    return [
+        {"step": int(entry["step"]), "epoch": float(entry.get("epoch", 0.0)), "loss": float(entry["loss"])}
+        for entry in log_history
+        if "loss" in entry
+    ]
+
+
+def drop_trainer_state(out_dir: str) -> None:
+    """Remove what `Trainer.save_model` adds beside the model (a pickled TrainingArguments)."""
+    Path(out_dir, "training_args.bin").unlink(missing_ok=True)
+
+
+def release_memory() -> None:
+    """Free what a finished trainer held before the main process loads the saved model again."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun, always true in a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def entry_point_parser(stage: Stage) -> argparse.ArgumentParser:
+    """The arguments every stage entry point takes; the stage adds its input frames."""
+    parser = argparse.ArgumentParser(prog=f"python -m mucode.tasks.{stage}",
+                                     description=f"Train the {stage} in this process (what accelerate launches).")
+    parser.add_argument("--config-json", required=True, help="JSON of the stage's config sections and 'compute'")
+    parser.add_argument("--base", required=True, help="base model: bundled:<name>, a directory or a hub id")
+    parser.add_argument("--out", required=True, help="directory the trained model is written to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metrics", default=None, help="where the main process writes the metrics JSON")
+    return parser
+
+
+def write_metrics(path: str | None, metrics: dict[str, Any]) -> None:
+    """Write the metrics JSON (main process only; other ranks hold the same numbers)."""
+    if path is not None and is_main_process():
+        Path(path).write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")

@@ -1,0 +1,47 @@
+"""Aggregate: the union of every iteration's labelled rollouts, one frame.
+
+µCode trains the verifier and the generator on everything seen so far (D = D ∪ rollouts).
+This module appends one iteration's labelled rollouts to the previous aggregate, tags
+them with the iteration number, and drops exact repeats of a turn, keeping the earliest.
+It does not read or write artifacts and does not look at what the turns contain.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+DEDUP_KEY = ("task_id", "prompt_messages", "response")
+REQUIRED_COLUMNS = (*DEDUP_KEY, "rollout_id", "turn", "final", "oracle_passed")
+
+
+class AggregateInputError(ValueError):
+    """The rollouts handed to `aggregate` cannot be aggregated; the message is one line."""
+
+
+def aggregate(previous: pl.DataFrame | None, labelled: pl.DataFrame, iteration: int) -> pl.DataFrame:
+    """`previous` ∪ `labelled` (tagged `iteration`), deduplicated on (task_id, prompt_messages, response).
+
+    The earliest copy of a repeated turn is kept: lowest iteration first, then input order.
+    """
+    _check_columns(labelled, "labelled rollouts")
+    if labelled.height == 0:
+        raise AggregateInputError(
+            f"iteration {iteration} has no labelled rollouts: run the rollout and execute stages first"
+        )
+    if previous is not None:
+        _check_columns(previous, "previous aggregate")
+        if "iteration" not in previous.columns:
+            raise AggregateInputError("previous aggregate has no 'iteration' column: pass the output of aggregate()")
+    tagged = labelled.with_columns(pl.lit(iteration, dtype=pl.Int64).alias("iteration"))
+    # diagonal_relaxed: a later iteration may carry an extra column; missing values become null.
+    union = tagged if previous is None else pl.concat([previous, tagged], how="diagonal_relaxed")
+    earliest_first = union.with_row_index("_order").sort(["iteration", "_order"])
+    return earliest_first.unique(subset=list(DEDUP_KEY), keep="first", maintain_order=True).drop("_order")
+
+
+def _check_columns(frame: pl.DataFrame, name: str) -> None:
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise AggregateInputError(
+            f"{name} lack columns {missing}: pass the output of the execute stage (label_rollouts)"
+        )

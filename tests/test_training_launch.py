@@ -1,0 +1,203 @@
+"""Multi-GPU launch, tested up to the point a GPU is needed.
+
+The accelerate command is built and checked by accelerate's own argument parser and
+validation; the config files are read by accelerate's loader; `run_training` is checked to
+hand its frames and options to the launched entry point; and (slow) the stage entry points
+run on CPU in a subprocess, the same code each accelerate rank would run.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from mucode.config import BUNDLED_MODEL, ComputeConfig, FinetuneConfig, VerifierConfig
+from mucode.training import (ACCELERATE_CONFIG_DIR, REPO_ROOT, TrainingLaunchError, accelerate_config_path,
+                             build_launch_command, per_device_batch_size, run_training)
+
+ZERO3 = ComputeConfig(num_gpus=4, distributed="deepspeed-zero3", bf16=True, gradient_checkpointing=True)
+FSDP = ComputeConfig(num_gpus=4, distributed="fsdp", bf16=True, gradient_checkpointing=True)
+
+
+def validated(command):
+    """accelerate's own reading of a launch command (what `accelerate launch` does before spawning)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    assert command[:2] == ["accelerate", "launch"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[2:]))
+    return args
+
+
+def test_zero3_command():
+    command = build_launch_command("finetune", ZERO3, ["--sft", "x.parquet"])
+    assert command == ["accelerate", "launch", "--config_file", str(ACCELERATE_CONFIG_DIR / "deepspeed-zero3.yaml"),
+                       "--num_processes", "4", "--mixed_precision", "bf16", "-m", "mucode.tasks.finetune",
+                       "--sft", "x.parquet"]
+    args = validated(command)
+    assert args.use_deepspeed and not args.use_fsdp
+    assert (args.num_processes, args.mixed_precision, args.zero_stage) == (4, "bf16", 3)
+    assert args.zero3_init_flag and args.zero3_save_16bit_model
+    assert args.module and args.training_script == "mucode.tasks.finetune"
+    assert args.training_script_args == ["--sft", "x.parquet"]
+
+
+def test_fsdp_command_and_the_environment_its_workers_get():
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    command = build_launch_command("verifier", FSDP, ["--aggregated", "a.parquet"])
+    assert command[:11] == ["accelerate", "launch", "--config_file", str(ACCELERATE_CONFIG_DIR / "fsdp.yaml"),
+                            "--num_processes", "4", "--mixed_precision", "bf16",
+                            "--fsdp_activation_checkpointing", "true", "-m"]
+    env = prepare_multi_gpu_env(validated(command))
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD" and env["FSDP_RESHARD_AFTER_FORWARD"] == "true"
+    assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16" and env["FSDP_ACTIVATION_CHECKPOINTING"] == "true"
+    no_checkpointing = FSDP.model_copy(update={"gradient_checkpointing": False, "bf16": False})
+    env = prepare_multi_gpu_env(validated(build_launch_command("verifier", no_checkpointing, [])))
+    assert env["FSDP_ACTIVATION_CHECKPOINTING"] == "false" and env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+def test_single_gpu_command_has_no_config_file():
+    command = build_launch_command("finetune", ComputeConfig(num_gpus=1), [])
+    assert command == ["accelerate", "launch", "--num_processes", "1", "--mixed_precision", "no", "-m",
+                       "mucode.tasks.finetune"]
+
+
+def test_no_gpu_means_no_launch():
+    with pytest.raises(TrainingLaunchError, match="needs compute.num_gpus >= 1"):
+        build_launch_command("finetune", ComputeConfig(), [])
+    with pytest.raises(TrainingLaunchError, match="no accelerate config for distributed='none'"):
+        accelerate_config_path("none")
+
+
+@pytest.mark.parametrize("name", ["deepspeed-zero3.yaml", "fsdp.yaml"])
+def test_config_files_are_for_four_gpus_in_bf16(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    raw = yaml.safe_load((ACCELERATE_CONFIG_DIR / name).read_text())
+    assert raw["num_processes"] == 4 and raw["mixed_precision"] == "bf16" and raw["num_machines"] == 1
+    if name.startswith("deepspeed"):
+        assert raw["distributed_type"] == "DEEPSPEED" and raw["deepspeed_config"]["zero_stage"] == 3
+        assert raw["deepspeed_config"]["zero3_save_16bit_model"] is True
+    else:
+        assert raw["distributed_type"] == "FSDP" and raw["fsdp_config"]["fsdp_version"] == 2
+        assert raw["fsdp_config"]["fsdp_reshard_after_forward"] is True  # FSDP2's full shard
+        assert raw["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    loaded = load_config_from_file(str(ACCELERATE_CONFIG_DIR / name))  # rejects unknown keys
+    assert loaded.num_processes == 4
+
+
+def test_per_device_batch_divides_the_configured_batch():
+    assert per_device_batch_size(32, ZERO3, accumulation_steps=2) == 4
+    assert per_device_batch_size(16, ComputeConfig()) == 16
+    with pytest.raises(TrainingLaunchError, match="batch_size 6 is not divisible by .* = 4"):
+        per_device_batch_size(6, ZERO3)
+
+
+def test_run_training_stays_in_process_without_gpus(monkeypatch):
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("launched a subprocess on CPU")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert run_training("finetune", ComputeConfig(), lambda: {"ran": "here"}, {}, []) == {"ran": "here"}
+
+
+def test_run_training_launches_the_entry_point_with_its_frames(monkeypatch):
+    seen = {}
+
+    def fake_accelerate(command, check):
+        seen["command"] = command
+        args = command[command.index("-m") + 2:]
+        seen["frame"] = pl.read_parquet(args[args.index("--sft") + 1])
+        Path(args[args.index("--metrics") + 1]).write_text(json.dumps({"loss_log": [], "from": "rank0"}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_accelerate)
+    frame = pl.DataFrame({"prompt_messages": ["[]"], "completion": ["x"]})
+    metrics = run_training("finetune", ZERO3, lambda: pytest.fail("trained in-process"), {"sft": frame},
+                           ["--base", "m", "--out", "o"])
+    assert metrics == {"loss_log": [], "from": "rank0"}
+    assert Path(seen["command"][0]).name == "accelerate" and seen["command"][1] == "launch"
+    assert seen["command"][seen["command"].index("-m") + 1] == "mucode.tasks.finetune"
+    assert seen["frame"].equals(frame)
+
+
+def test_failed_launch_is_one_line(monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda command, check: subprocess.CompletedProcess(command, 3))
+    with pytest.raises(TrainingLaunchError, match="finetune stage exited with code 3"):
+        run_training("finetune", ZERO3, dict, {}, [])
+
+
+def test_trainer_image_copies_what_exists():
+    dockerfile = (REPO_ROOT / "containers" / "trainer.Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    sources = [part for line in dockerfile.splitlines() if line.startswith("COPY") for part in line.split()[1:-1]]
+    assert "containers/accelerate" in sources
+    assert all((REPO_ROOT / source).exists() for source in sources)
+
+
+# ---------------------------------------------------------------- the entry points on CPU (slow)
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 1-layer random Llama with the bundled tokenizer: the entry points' code path in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mucode.models import load_tokenizer
+
+    tokenizer = load_tokenizer(BUNDLED_MODEL)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def run_entry_point(stage, args):
+    started = subprocess.run([sys.executable, "-m", f"mucode.tasks.{stage}", *args], capture_output=True,
+                             text=True, cwd=REPO_ROOT, timeout=600)
+    assert started.returncode == 0, started.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_finetune_entry_point_runs_on_cpu(tiny_model, tmp_path):
+    rows = [{"prompt_messages": json.dumps([{"role": "user", "content": f"task {i}"}]),
+             "completion": f"```python\nx = {i}\n```"} for i in range(4)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "sft.parquet")
+    cfg = FinetuneConfig(learning_rate=1e-3, epochs=1, batch_size=2, max_length=64)
+    sections = {"finetune": cfg.model_dump(), "compute": ComputeConfig().model_dump()}
+    run_entry_point("finetune", ["--config-json", json.dumps(sections), "--sft", str(tmp_path / "sft.parquet"),
+                                 "--base", tiny_model, "--out", str(tmp_path / "model"), "--seed", "1",
+                                 "--metrics", str(tmp_path / "metrics.json")])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["examples"] == 4 and len(metrics["loss_log"]) == 2
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_verifier_entry_point_runs_on_cpu(tiny_model, tmp_path):
+    problems = pl.DataFrame({"task_id": ["a", "b"], "prompt": ["do a", "do b"],
+                             "public_tests": ["assert a()", "assert b()"]})
+    aggregated = pl.DataFrame({"task_id": ["a", "a", "b", "b"], "response": ["good a", "bad a", "good b", "bad b"],
+                               "final": [True] * 4, "oracle_passed": [True, False, True, False]})
+    problems.write_parquet(tmp_path / "problems.parquet")
+    aggregated.write_parquet(tmp_path / "aggregated.parquet")
+    cfg = VerifierConfig(pairs_per_problem=1, learning_rate=1e-3, epochs=1, batch_size=1, max_length=128,
+                         heldout_fraction=0.5)
+    sections = {"verifier": cfg.model_dump(), "compute": ComputeConfig().model_dump()}
+    run_entry_point("verifier", ["--config-json", json.dumps(sections), "--aggregated",
+                                 str(tmp_path / "aggregated.parquet"), "--problems", str(tmp_path / "problems.parquet"),
+                                 "--base", tiny_model, "--out", str(tmp_path / "verifier"),
+                                 "--metrics", str(tmp_path / "metrics.json")])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_pairs"] == 1 and metrics["heldout_pairs"] == 1 and len(metrics["loss_log"]) == 1
+    assert (tmp_path / "verifier" / "config.json").is_file()
