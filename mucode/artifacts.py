@@ -11,11 +11,13 @@ through the same interface. This module knows nothing about what the frames cont
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import io
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -121,7 +123,8 @@ class ArtifactStore:
 
     # -- writing -------------------------------------------------------------------------
     def _write_manifest(self, path: str, manifest: dict) -> None:
-        self._atomic_write(self.manifest_path(path), json.dumps(manifest, indent=2, sort_keys=True).encode())
+        text = json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False)
+        self._atomic_write(self.manifest_path(path), text.encode())
 
     def _atomic_write(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
@@ -190,6 +193,14 @@ class ArtifactStore:
             os.replace(temporary, path)
         else:
             self.fs.mv(temporary, path, recursive=True)
+
+    @contextlib.contextmanager
+    def scratch_dir(self, stage: str):
+        """A local temporary directory for building a directory artifact, removed afterwards."""
+        parent = Path(self.base) / "scratch" if self.is_local else Path(tempfile.gettempdir()) / "mucode-scratch"
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{stage}-", dir=parent) as directory:
+            yield directory
 
     # -- reading -------------------------------------------------------------------------
     def _frame_matches(self, path: str, digest: str) -> bool:
@@ -278,6 +289,17 @@ class ArtifactStore:
             manifest["path"] = self._url(manifest_path.removesuffix(".json") + suffix)
             manifests.append(manifest)
         return sorted(manifests, key=lambda m: m.get("created", ""))
+
+
+def json_safe(value):
+    """`value` with NaN and infinities replaced by None, so manifests stay strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def directory_file_hashes(directory: Path) -> dict[str, str]:

@@ -8,6 +8,8 @@ It does not read or write artifacts and does not look at what the turns contain.
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import polars as pl
 
 DEDUP_KEY = ("task_id", "prompt_messages", "response")
@@ -45,3 +47,20 @@ def _check_columns(frame: pl.DataFrame, name: str) -> None:
         raise AggregateInputError(
             f"{name} lack columns {missing}: pass the output of the execute stage (label_rollouts)"
         )
+
+
+def aggregate_stage(cfg, root: str, labelled, previous, iteration: int):
+    """Store-level stage: add one iteration's labelled rollouts to the aggregate so far."""
+    from mucode.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    frame = aggregate(store.get_frame(previous) if previous is not None else None, store.get_frame(labelled), iteration)
+    finals = frame.filter(pl.col("final"))
+    metrics = {"rows": frame.height, "rollouts": finals.height, "problems": frame["task_id"].n_unique(),
+               "final_oracle_pass_rate": float(finals["oracle_passed"].mean() or 0.0)}
+    inputs = [labelled.hash] + ([previous.hash] if previous is not None else [])
+    return store.put_frame(frame, stage="aggregate", inputs=inputs, extra={"iteration": iteration, "metrics": metrics})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+aggregate_task = stage_task(aggregate_stage, name="aggregate", sections=())

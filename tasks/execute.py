@@ -9,6 +9,8 @@ backend without regenerating, and a program whose verdict changes between the tw
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import polars as pl
 
 from mucode.data import STDIO_DATASETS, stdio_program
@@ -80,3 +82,7 @@ def execute_stage(cfg, root: str, rollouts, problems):
                "label_mismatches": int(labelled["label_mismatch"].sum())}
     return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest("sandbox"),
                            inputs=[rollouts.hash, problems.hash], extra={"metrics": metrics})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+execute_task = stage_task(execute_stage, name="execute", sections=("sandbox",), retries=2)

@@ -15,6 +15,8 @@ This module does not choose targets (that is `relabel`) and does not generate.
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import json
 import shutil
 import sys
@@ -233,3 +235,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def finetune_stage(cfg, root: str, sft):
+    """Store-level stage: fine-tune the base model on the stored SFT dataset."""
+    from mucode.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    with store.scratch_dir("finetune") as out_dir:
+        metrics = finetune(cfg.finetune, cfg.compute, cfg.model.name, store.get_frame(sft), out_dir, seed=cfg.seed)
+        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest("model", "finetune", "compute", "seed"),
+                             inputs=[sft.hash], extra={"metrics": metrics})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+finetune_task = stage_task(finetune_stage, name="finetune", sections=("model", "finetune", "compute", "seed"), gpu=True)

@@ -6,6 +6,8 @@ re-run) reads the same problems by hash. It does not fetch anything itself.
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 
 def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None):
     from mucode.artifacts import ArtifactStore
@@ -14,3 +16,7 @@ def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None):
     frame = load_problems(dataset, split, data_dir=cfg.data.data_dir, limit=limit)
     return ArtifactStore(root).put_frame(frame, stage="problems", config_hash=cfg.section_digest("data"),
                                          extra={"dataset": dataset, "split": split, "limit": limit})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+problems_task = stage_task(problems_stage, name="problems", sections=("data",))

@@ -21,6 +21,8 @@ scores nothing: verifier scores come in as a frame (task_id, response, verifier_
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import json
 import math
 
@@ -209,3 +211,26 @@ def _checked_scores(scores: pl.DataFrame | None, policy: str) -> pl.DataFrame:
     if missing:
         raise RelabelInputError(f"the scores frame lacks columns {missing}: expected {list(SCORE_COLUMNS)}")
     return scores
+
+
+def relabel_stage(cfg, root: str, aggregated, problems, verifier):
+    """Store-level stage: the SFT dataset of the configured policy (verifier None: oracle-only policies)."""
+    from mucode.artifacts import ArtifactStore
+    from mucode.tasks.verifier import VerifierScorer, score_final_answers
+
+    store = ArtifactStore(root)
+    frame = store.get_frame(aggregated)
+    scores = None
+    if verifier is not None and cfg.relabel.policy in ("mucode", "mucode-r"):
+        scorer = VerifierScorer(store.get_dir(verifier), max_length=cfg.verifier.max_length)
+        scores = score_final_answers(scorer, frame, store.get_frame(problems))
+    sft = relabel(frame, scores, cfg.relabel)
+    metrics = {"examples": sft.height, "problems": sft["task_id"].n_unique(),
+               "target_pass_rate": float(sft["target_oracle_passed"].mean() or 0.0) if sft.height else 0.0}
+    inputs = [aggregated.hash, problems.hash] + ([verifier.hash] if verifier is not None else [])
+    return store.put_frame(sft, stage="relabel", config_hash=cfg.section_digest("relabel", "verifier"),
+                           inputs=inputs, extra={"policy": cfg.relabel.policy, "metrics": metrics})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+relabel_task = stage_task(relabel_stage, name="relabel", sections=("relabel", "verifier"))

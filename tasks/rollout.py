@@ -12,6 +12,8 @@ training (that is the execute stage) and does not choose among samples (that is 
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import json
 import time
 from dataclasses import dataclass
@@ -204,3 +206,8 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
                            config_hash=cfg.section_digest("model", "engine", "rollout", "seed"),
                            inputs=[problems.hash, generator_hash],
                            extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts)})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+rollout_task = stage_task(rollout_stage, name="rollout", sections=("model", "engine", "rollout", "sandbox", "seed"),
+                          gpu=True, retries=1)

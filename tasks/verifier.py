@@ -22,6 +22,8 @@ This module does not relabel and does not decide which answers get scored downst
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import json
 import math
 import random
@@ -464,3 +466,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def verifier_stage(cfg, root: str, aggregated, problems):
+    """Store-level stage: train a fresh verifier from the base model on the aggregate."""
+    from mucode.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    with store.scratch_dir("verifier") as out_dir:
+        metrics = train_verifier(cfg.verifier, cfg.model.name, store.get_frame(aggregated), store.get_frame(problems),
+                                 out_dir, seed=cfg.seed, compute=cfg.compute)
+        return store.put_dir(out_dir, stage="verifier", config_hash=cfg.section_digest("model", "verifier", "compute", "seed"),
+                             inputs=[aggregated.hash, problems.hash], extra={"metrics": metrics})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+verifier_task = stage_task(verifier_stage, name="verifier", sections=("model", "verifier", "compute", "seed"), gpu=True)

@@ -1,0 +1,428 @@
+"""The evaluate stage: multi-turn Best-of-N search, its metrics, and the CLI entry point.
+
+- `select_candidate`: one of N candidates by a selection rule (`random`, `lv`, `pt`, `pt+lv`).
+- `run_search`: S independent searches per problem, T turns each. Every turn, all searches
+  of all problems advance together: one `engine.generate(conversations, n=N)` call and one
+  sandbox batch holding the public AND private tests of every candidate. The selected
+  candidate's public feedback is appended to its conversation; the private verdict is only
+  recorded (for metrics), never shown to the model. All T turns always run (eval mode).
+- `summarize`: the metrics of one evaluation (one N, one selection), metric name -> value,
+  with bootstrap 95% intervals over problems as `<metric>.ci_low` / `<metric>.ci_high`.
+- `evaluate_to_dir`: what `mucode evaluate` calls: load problems, model, sandbox and
+  verifier, run the search (and the inference-time-scaling runs over N), write the
+  evaluation directories and the report (layout in `mucode.report`).
+
+Summary metrics (t = 1..T, k = 1, 2, 5, 10, ... up to S):
+  bon@t               the first public pass within t turns also passes the private tests
+  public@t            some selected code within t turns passes the public tests
+  solved@t            some selected code within t turns passes the private tests
+  pass@k              multi-turn pass@k over the S searches (solved within T turns)
+  single_turn_pass@1  the turn-1 selected code passes the private tests
+  problems, searches, n, turns   sizes (no interval)
+
+Seeding: `random` selection and `pt` tie-breaks use an RNG seeded by (seed, task, search);
+sampling uses the engine's per-draw seeds (prompt tokens + copy index under one base seed),
+so each search gets its own samples within a single batched call. This module does not
+train, and does not render plots (that is `mucode.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from mucode import metrics
+from mucode.environment import Message, extend_conversation, initial_conversation, is_finished
+from mucode.prompts import extract_code, first_user_message
+
+if TYPE_CHECKING:
+    from mucode.config import Config
+    from mucode.engines.base import Engine
+    from mucode.engines.sampling import SamplingParams
+
+SELECTION_RULES: tuple[str, ...] = ("random", "lv", "pt", "pt+lv")
+VERIFIER_RULES: tuple[str, ...] = ("lv", "pt+lv")
+# pt+lv ranks by 100 * public pass + verifier score: the public tests decide, the verifier
+# ranks within the passing (or within the failing) candidates.
+PUBLIC_PASS_WEIGHT = 100.0
+PASS_AT_K_VALUES: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+PROBLEM_COLUMNS: tuple[str, ...] = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
+
+ROW_SCHEMA: dict[str, Any] = {
+    "task_id": pl.String,
+    "dataset": pl.String,
+    "search_id": pl.Int64,
+    "turn": pl.Int64,
+    "n": pl.Int64,
+    "selection": pl.String,
+    "selected": pl.Int64,
+    "response": pl.String,
+    "code": pl.String,
+    "public_passed": pl.Boolean,
+    "private_passed": pl.Boolean,
+    "verifier_score": pl.Float64,
+    "num_public_passing_candidates": pl.Int64,
+}
+
+
+class EvaluationError(ValueError):
+    """An evaluation was asked for with unusable settings; the message is one line."""
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+def selection_score(rule: str, public_passed: bool, verifier_score: float) -> float:
+    """The number a deterministic rule maximises (`lv`, `pt+lv`)."""
+    if rule == "lv":
+        return verifier_score
+    if rule == "pt+lv":
+        return PUBLIC_PASS_WEIGHT * float(public_passed) + verifier_score
+    raise EvaluationError(f"selection {rule!r} has no score: use lv or pt+lv")
+
+
+def select_candidate(
+    rule: str,
+    public_passed: Sequence[bool],
+    verifier_scores: Sequence[float] | None,
+    rng: random.Random,
+) -> int:
+    """Index of the chosen candidate among N, by selection rule.
+
+    random: uniform. pt: uniform among the public-passing ones (all if none pass).
+    lv / pt+lv: the highest score, the first of equals.
+    """
+    check_selection(rule, has_verifier=verifier_scores is not None)
+    if not public_passed:
+        raise EvaluationError("select_candidate needs at least one candidate")
+    count = len(public_passed)
+    if rule == "random":
+        return rng.randrange(count)
+    if rule == "pt":
+        passing = [index for index, passed in enumerate(public_passed) if passed]
+        return rng.choice(passing or list(range(count)))
+    assert verifier_scores is not None
+    if len(verifier_scores) != count:
+        raise EvaluationError(f"{len(verifier_scores)} verifier scores for {count} candidates")
+    scores = [selection_score(rule, passed, score) for passed, score in zip(public_passed, verifier_scores)]
+    return max(range(count), key=lambda index: (scores[index], -index))
+
+
+def check_selection(rule: str, *, has_verifier: bool) -> None:
+    if rule not in SELECTION_RULES:
+        raise EvaluationError(f"unknown selection {rule!r}: use one of {', '.join(SELECTION_RULES)}")
+    if rule in VERIFIER_RULES and not has_verifier:
+        raise EvaluationError(f"selection {rule} needs --verifier; use pt for a base model")
+
+
+def search_rng(seed: int, task_id: str, search_id: int) -> random.Random:
+    """The selection RNG of one search: independent of batch order and of other problems."""
+    return random.Random(f"{seed}/{task_id}/{search_id}")
+
+
+# --- the batched search ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Search:
+    problem: dict[str, str]
+    search_id: int
+    conversation: list[Message]
+    rng: random.Random
+
+
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    response: str
+    code: str
+    public_passed: bool
+    public_feedback: str
+    private_passed: bool
+    verifier_score: float
+
+
+def check_problems(problems: pl.DataFrame) -> None:
+    missing = [column for column in PROBLEM_COLUMNS if column not in problems.columns]
+    if missing:
+        raise EvaluationError(f"problems frame lacks columns {missing}: load it with mucode.data.load_problems")
+    if problems.height == 0:
+        raise EvaluationError("no problems to evaluate: check --dataset and --limit")
+    if problems["task_id"].n_unique() != problems.height:
+        raise EvaluationError("problems frame has duplicate task_id values: deduplicate it first")
+
+
+def check_sizes(n: int, turns: int, searches: int) -> None:
+    for name, value in (("n", n), ("turns", turns), ("searches", searches)):
+        if value < 1:
+            raise EvaluationError(f"--{name} must be >= 1, got {value}")
+
+
+def execute_candidates(sandbox: Any, candidates: list[tuple[dict[str, str], str]]) -> list[tuple[Any, Any]]:
+    """(public verdict, private verdict) per (problem, code), in one sandbox batch.
+
+    Identical programs run once: small models often repeat an answer.
+    """
+    from mucode.tasks.execute import sandbox_program
+
+    unique: dict[tuple[str, str, str], int] = {}
+    programs: list[Any] = []
+
+    def index_of(problem: dict[str, str], code: str, tests: str) -> int:
+        key = (problem["dataset"], code, tests)
+        if key not in unique:
+            unique[key] = len(programs)
+            programs.append(sandbox_program(str(len(programs)), problem["dataset"], code, tests))
+        return unique[key]
+
+    pairs = [
+        (index_of(problem, code, problem["public_tests"]), index_of(problem, code, problem["private_tests"]))
+        for problem, code in candidates
+    ]
+    verdicts = sandbox.run(programs)
+    if len(verdicts) != len(programs):
+        raise EvaluationError(f"sandbox returned {len(verdicts)} verdicts for {len(programs)} programs")
+    return [(verdicts[public], verdicts[private]) for public, private in pairs]
+
+
+def score_candidates(scorer: Any | None, candidates: list[tuple[dict[str, str], str]]) -> list[float]:
+    """The verifier's score of every (problem, response); NaN everywhere without a verifier.
+
+    Each distinct (problem, response) is scored once.
+    """
+    if scorer is None:
+        return [math.nan] * len(candidates)
+    unique = list(dict.fromkeys((problem["task_id"], response) for problem, response in candidates))
+    problems = {problem["task_id"]: problem for problem, _ in candidates}
+    prompts = [first_user_message(problems[task]["prompt"], problems[task]["public_tests"]) for task, _ in unique]
+    scores = [float(score) for score in scorer.score(prompts, [response for _, response in unique])]
+    if len(scores) != len(unique):
+        raise EvaluationError(f"verifier returned {len(scores)} scores for {len(unique)} answers")
+    by_pair = dict(zip(unique, scores))
+    return [by_pair[(problem["task_id"], response)] for problem, response in candidates]
+
+
+def _check_generated(samples: list[list[str]], searches: int, n: int) -> None:
+    if len(samples) != searches or any(len(row) != n for row in samples):
+        raise EvaluationError(f"engine returned {[len(row) for row in samples]} samples, expected {searches} x {n}")
+
+
+def _advance(
+    live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, n: int, selection: str,
+    sampling: SamplingParams,
+) -> list[tuple[_Candidate, int, int]]:
+    """One turn of every live search: (selected candidate, its index, public-passing count)."""
+    samples = engine.generate([search.conversation for search in live], n=n, sampling=sampling)
+    _check_generated(samples, len(live), n)
+    flat = [(search.problem, response) for search, responses in zip(live, samples) for response in responses]
+    codes = [extract_code(response) for _, response in flat]
+    verdicts = execute_candidates(sandbox, [(problem, code) for (problem, _), code in zip(flat, codes)])
+    scores = score_candidates(scorer, flat)
+    candidates = [
+        _Candidate(response, code, bool(public.passed), public.feedback, bool(private.passed), score)
+        for (_, response), code, (public, private), score in zip(flat, codes, verdicts, scores)
+    ]
+    chosen: list[tuple[_Candidate, int, int]] = []
+    for position, search in enumerate(live):
+        group = candidates[position * n:(position + 1) * n]
+        public = [candidate.public_passed for candidate in group]
+        index = select_candidate(selection, public, None if scorer is None else [c.verifier_score for c in group],
+                                 search.rng)
+        chosen.append((group[index], index, sum(public)))
+    return chosen
+
+
+def run_search(
+    problems: pl.DataFrame,
+    engine: Engine,
+    sandbox: Any,
+    scorer: Any | None,
+    *,
+    n: int,
+    turns: int,
+    searches: int,
+    selection: str,
+    sampling: SamplingParams,
+    seed: int,
+    progress: bool = False,
+) -> pl.DataFrame:
+    """Multi-turn Best-of-N: one row per problem x search x turn (`ROW_SCHEMA`)."""
+    check_selection(selection, has_verifier=scorer is not None)
+    check_sizes(n, turns, searches)
+    check_problems(problems)
+    sampling = dataclasses.replace(sampling, seed=seed)
+    live = [
+        _Search(problem, search_id, initial_conversation(problem["prompt"], problem["public_tests"]),
+                search_rng(seed, problem["task_id"], search_id))
+        for problem in problems.select(PROBLEM_COLUMNS).iter_rows(named=True)
+        for search_id in range(searches)
+    ]
+    rows: list[dict[str, Any]] = []
+    for turn in range(1, turns + 1):
+        started = time.perf_counter()
+        chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling)
+        for search, (candidate, index, public_count) in zip(live, chosen):
+            rows.append({
+                "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],
+                "search_id": search.search_id, "turn": turn, "n": n, "selection": selection,
+                "selected": index, "response": candidate.response, "code": candidate.code,
+                "public_passed": candidate.public_passed, "private_passed": candidate.private_passed,
+                "verifier_score": candidate.verifier_score, "num_public_passing_candidates": public_count,
+            })
+            search.conversation = extend_conversation(search.conversation, candidate.response,
+                                                      candidate.public_passed, candidate.public_feedback)
+        if progress:
+            print(f"evaluate n={n} {selection}: turn {turn}/{turns}, {len(live)} searches x {n} candidates "
+                  f"in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+        # Evaluation never stops early: every search runs T turns, the metrics look at all.
+        live = [search for search, (candidate, _, _) in zip(live, chosen)
+                if not is_finished("eval", turn, turns, candidate.public_passed, candidate.private_passed)]
+    return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+# --- metrics of one evaluation ----------------------------------------------------------------
+
+
+def search_outcomes(rows: pl.DataFrame) -> dict[str, list[tuple[list[bool], list[bool]]]]:
+    """Per problem, per search: (public outcomes, private outcomes) by turn, turn 1 first."""
+    ordered = rows.sort("task_id", "search_id", "turn")
+    grouped = ordered.group_by("task_id", "search_id", maintain_order=True).agg(
+        pl.col("turn"), pl.col("public_passed"), pl.col("private_passed")
+    )
+    outcomes: dict[str, list[tuple[list[bool], list[bool]]]] = {}
+    for task_id, search_id, turn_list, public, private in grouped.iter_rows():
+        if turn_list != list(range(1, len(turn_list) + 1)):
+            raise EvaluationError(f"{task_id} search {search_id} has turns {turn_list}: every search needs turns 1..T")
+        outcomes.setdefault(task_id, []).append((public, private))
+    return outcomes
+
+
+def _single_value(rows: pl.DataFrame, column: str) -> Any:
+    values = rows[column].unique().to_list()
+    if len(values) != 1:
+        raise EvaluationError(f"rows mix {column} values {sorted(values)}: summarize one {column} at a time")
+    return values[0]
+
+
+def _with_interval(summary: dict[str, float], name: str, per_problem: list[float], seed: int) -> None:
+    summary[name] = metrics.mean(per_problem)
+    summary[f"{name}.ci_low"], summary[f"{name}.ci_high"] = metrics.bootstrap_ci(per_problem, seed=seed)
+
+
+def summarize(rows: pl.DataFrame, *, seed: int = 0) -> dict[str, float]:
+    """Metric name -> value for one evaluation (one N and one selection rule)."""
+    if rows.height == 0:
+        raise EvaluationError("no evaluation rows to summarize: the search produced nothing")
+    n = _single_value(rows, "n")
+    _single_value(rows, "selection")
+    outcomes = search_outcomes(rows)
+    searches = {len(per_problem) for per_problem in outcomes.values()}
+    turns = {len(public) for per_problem in outcomes.values() for public, _ in per_problem}
+    if len(searches) != 1 or len(turns) != 1:
+        raise EvaluationError(f"problems differ in searches {sorted(searches)} or turns {sorted(turns)}: rerun them")
+    (num_searches,), (num_turns,) = searches, turns
+    summary: dict[str, float] = {"problems": float(len(outcomes)), "searches": float(num_searches),
+                                 "n": float(n), "turns": float(num_turns)}
+    problem_searches = list(outcomes.values())
+
+    def rate(success: Any) -> list[float]:
+        return [metrics.mean([float(success(public, private)) for public, private in per_problem])
+                for per_problem in problem_searches]
+
+    for t in range(1, num_turns + 1):
+        _with_interval(summary, f"bon@{t}", rate(lambda pub, priv: metrics.bon_success(pub, priv, t)), seed)
+    for t in range(1, num_turns + 1):
+        _with_interval(summary, f"public@{t}", rate(lambda pub, priv: metrics.public_success(pub, t)), seed)
+    for t in range(1, num_turns + 1):
+        _with_interval(summary, f"solved@{t}", rate(lambda pub, priv: metrics.solved_within(priv, t)), seed)
+    correct = [sum(metrics.solved_within(private, num_turns) for _, private in per_problem)
+               for per_problem in problem_searches]
+    for k in (k for k in PASS_AT_K_VALUES if k <= num_searches):
+        _with_interval(summary, f"pass@{k}", [metrics.pass_at_k(num_searches, c, k) for c in correct], seed)
+    _with_interval(summary, "single_turn_pass@1", rate(lambda pub, priv: bool(priv[0])), seed)
+    return summary
+
+
+# --- the CLI entry point ----------------------------------------------------------------------
+
+
+def scaling_plan(n: int, scaling_ns: Sequence[int]) -> list[int]:
+    """The N values to run: the main N first, then each scaling N once."""
+    plan = [n]
+    for value in scaling_ns:
+        if value < 1:
+            raise EvaluationError(f"scaling N values must be >= 1, got {value}")
+        if value not in plan:
+            plan.append(value)
+    return plan
+
+
+def evaluate_to_dir(
+    cfg: Config,
+    *,
+    generator: str,
+    dataset: str,
+    out_dir: str | Path,
+    verifier: str | None = None,
+    selection: str | None = None,
+    n: int | None = None,
+    turns: int | None = None,
+    searches: int | None = None,
+    limit: int | None = None,
+    scaling_ns: Sequence[int] = (),
+    temperature: float | None = None,
+    method: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Evaluate a generator on a dataset and write `out_dir` (rows.parquet, summary.json,
+    meta.json, report.md + PNGs; scaling runs under `out_dir/scaling/n<N>/`).
+
+    Unset options come from `cfg.evaluation` (and `cfg.data.eval_limit`). Returns `out_dir`.
+    """
+    evaluation = cfg.evaluation
+    selection = selection or evaluation.selection
+    check_selection(selection, has_verifier=verifier is not None)
+    n, turns = n or evaluation.n, turns or evaluation.turns
+    searches = searches or evaluation.searches
+    check_sizes(n, turns, searches)
+    plan = scaling_plan(n, scaling_ns)
+
+    from mucode.data import load_problems
+    from mucode.models import resolve_model
+    from mucode.report import EvaluationSummary, build_report, save_evaluation
+    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+
+    problems = load_problems(dataset, cfg.data.eval_split, data_dir=cfg.data.data_dir,
+                             limit=limit or cfg.data.eval_limit)
+    settings = evaluation.sampling
+    if temperature is not None:
+        settings = settings.model_copy(update={"temperature": temperature})
+    sampling = sampling_params(settings, seed=cfg.seed)
+    out = Path(out_dir)
+    scorer = None
+    if verifier is not None:
+        from mucode.tasks.verifier import VerifierScorer
+
+        scorer = VerifierScorer(verifier, batch_size=cfg.verifier.batch_size, max_length=cfg.verifier.max_length)
+    with make_engine_from_config(cfg, resolve_model(generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
+        for index, value in enumerate(plan):
+            started = time.perf_counter()
+            rows = run_search(problems, engine, sandbox, scorer, n=value, turns=turns, searches=searches,
+                              selection=selection, sampling=sampling, seed=cfg.seed, progress=progress)
+            summary = EvaluationSummary(
+                method=method or generator, dataset=dataset, n=value, selection=selection, turns=turns,
+                searches=searches, metrics=summarize(rows, seed=cfg.seed),
+                details={"generator": generator, "verifier": verifier or "", "seed": cfg.seed,
+                         "temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
+                         "wall_s": round(time.perf_counter() - started, 2)},
+            )
+            save_evaluation(out if index == 0 else out / "scaling" / f"n{value}", rows, summary)
+    build_report(out)
+    return out
