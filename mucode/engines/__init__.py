@@ -1,1 +1,52 @@
+"""Generation engines: ``hf`` (transformers, runs anywhere) and ``sglang`` (GPU, lazy).
 
+``make_engine(kind, model, **options)`` builds one; engine modules are imported only
+when asked for, so importing ``mucode.engines`` loads neither torch nor SGLang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mucode.engines.base import Conversation, Engine
+from mucode.engines.errors import (
+    EngineClosedError,
+    EngineError,
+    EngineUnavailableError,
+    MissingChatTemplateError,
+    UnknownEngineError,
+    WorkerError,
+)
+from mucode.engines.sampling import SamplingParams
+
+ENGINE_KINDS = ("hf", "sglang")
+
+__all__ = [
+    "ENGINE_KINDS",
+    "Conversation",
+    "Engine",
+    "EngineClosedError",
+    "EngineError",
+    "EngineUnavailableError",
+    "MissingChatTemplateError",
+    "SamplingParams",
+    "UnknownEngineError",
+    "WorkerError",
+    "make_engine",
+]
+
+
+def make_engine(kind: str, model: str, **options: Any) -> Engine:
+    """An engine of ``kind`` serving ``model`` (any name ``mucode.models.resolve_model``
+    accepts). Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
+    ``sglang``: tp_size, dp_size, gpu_ids, base_gpu_id, mem_fraction_static, dtype,
+    batch_size, deterministic, startup_timeout_s."""
+    if kind == "hf":
+        from mucode.engines.hf import HFEngine
+
+        return HFEngine(model, **options)
+    if kind == "sglang":
+        from mucode.engines.sglang import SGLangEngine
+
+        return SGLangEngine(model, **options)
+    raise UnknownEngineError(f"unknown engine kind {kind!r}: use one of {', '.join(ENGINE_KINDS)}")

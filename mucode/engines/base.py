@@ -1,0 +1,43 @@
+"""The interface every generation engine implements (see docs/architecture.md).
+
+An engine turns conversations into sampled assistant replies: ``generate`` returns
+``[conversation][sample]`` strings, the engine applies the chat template itself, and
+``tokens_generated`` counts generated tokens (no padding) for progress and throughput.
+Engines are context managers; ``close`` releases the model (and the GPU).
+
+This module holds no model code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from mucode.engines.sampling import SamplingParams
+
+Conversation = list[dict[str, str]]
+
+
+class Engine(ABC):
+    """A loaded model that samples replies to conversations."""
+
+    tokens_generated: int = 0
+
+    @abstractmethod
+    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams) -> list[list[str]]:
+        """``n`` sampled replies per conversation, ``[conversation][sample]``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model; safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

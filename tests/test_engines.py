@@ -1,0 +1,508 @@
+"""Generation engines (mucode.engines): sampling plans, batching, the seeded sampler, the
+hf engine on the bundled model, and the CPU-testable parts of the sglang engine.
+
+The sglang tests below never run SGLang (it needs a GPU). They exercise the real worker
+process and pipe protocol with small fake backend classes defined in this file, which the
+spawned child imports by module path; they test our plumbing, not SGLang.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mucode.engines import (
+    EngineClosedError,
+    EngineUnavailableError,
+    SamplingParams,
+    UnknownEngineError,
+    WorkerError,
+    make_engine,
+)
+from mucode.engines.batching import cut_at_stop, group_by_prompt, left_pad, length_sorted_batches, shared_rows
+from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
+from mucode.engines.sampling import draws_per_prompt, plan_draws
+from mucode.engines.sglang import (
+    SGLANG_MISSING,
+    build_requests,
+    engine_kwargs,
+    gpu_environment,
+    reshape_outputs,
+)
+from mucode.engines.sglang_backend import parse_generate_outputs
+from mucode.engines.worker import WorkerProcess
+
+BUNDLED = "bundled:smollm2-135m-instruct"
+CONVERSATIONS = [
+    [{"role": "user", "content": "Write a Python function `add(a, b)` that returns the sum."}],
+    [{"role": "user", "content": "What is 2+2? Answer with a number only."}],
+    [
+        {"role": "user", "content": "Write a function is_even(n)."},
+        {"role": "assistant", "content": "```python\ndef is_even(n):\n    return n % 2\n```"},
+        {"role": "user", "content": "Feedback: AssertionError: assert is_even(2) == True"},
+    ],
+]
+
+
+# --- sampling parameters and draw plans ------------------------------------------------
+
+
+def test_sampling_params_defaults_match_the_paper_and_are_frozen() -> None:
+    sampling = SamplingParams()
+    assert (sampling.temperature, sampling.top_p, sampling.max_new_tokens, sampling.seed) == (0.7, 1.0, 1000, 0)
+    with pytest.raises(AttributeError):
+        sampling.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": 0}, {"seed": -1}]
+)
+def test_sampling_params_reject_bad_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_greedy_computes_one_draw_per_prompt() -> None:
+    assert draws_per_prompt(5, SamplingParams(temperature=0)) == 1
+    assert draws_per_prompt(5, SamplingParams(temperature=0.7)) == 5
+    with pytest.raises(ValueError):
+        draws_per_prompt(0, SamplingParams())
+
+
+def test_draw_seeds_depend_on_prompt_and_index_not_on_the_rest_of_the_call() -> None:
+    alone = plan_draws([[5, 6, 7]], 3, base_seed=1)
+    among_others = plan_draws([[1, 2], [5, 6, 7], [9]], 3, base_seed=1)
+    assert [draw.seed for draw in alone] == [draw.seed for draw in among_others if draw.prompt_index == 1]
+    assert len({draw.seed for draw in among_others}) == 9
+    assert [draw.seed for draw in plan_draws([[5, 6, 7]], 3, base_seed=2)] != [draw.seed for draw in alone]
+
+
+def test_repeated_prompts_in_one_call_get_fresh_draws() -> None:
+    draws = plan_draws([[4, 4], [4, 4]], 2, base_seed=0)
+    assert [(draw.prompt_index, draw.sample_index) for draw in draws] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len({draw.seed for draw in draws}) == 4
+    # The second copy continues the first copy's stream: same as asking one prompt for 4.
+    assert [draw.seed for draw in draws] == [draw.seed for draw in plan_draws([[4, 4]], 4, base_seed=0)]
+
+
+# --- batching helpers ------------------------------------------------------------------
+
+
+def test_length_sorted_batches_cover_every_draw_once_longest_first() -> None:
+    lengths = [3, 9, 1, 9, 4, 7, 2]
+    batches = length_sorted_batches(lengths, batch_size=3)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    assert all(len(batch) <= 3 for batch in batches)
+    flattened = [lengths[index] for batch in batches for index in batch]
+    assert flattened == sorted(lengths, reverse=True)
+    assert batches[0][:2] == [1, 3]  # equal lengths keep call order
+
+
+def test_left_pad_aligns_prompts_on_the_right() -> None:
+    padded, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert padded == [[1, 2, 3], [0, 0, 4]]
+    assert mask == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_cut_at_stop_drops_stop_and_padding_but_counts_the_stop() -> None:
+    assert cut_at_stop([7, 8, 2, 2, 2], {2}) == ([7, 8], 3)
+    assert cut_at_stop([7, 8, 9], {2}) == ([7, 8, 9], 3)
+    assert cut_at_stop([2, 2], {2, 5}) == ([], 1)
+
+
+def test_shared_rows_map_each_row_to_the_first_row_of_its_prompt() -> None:
+    assert shared_rows([4, 4, 7, 4, 9, 7]) == ([0, 2, 4], [0, 0, 1, 0, 2, 1])
+    assert shared_rows([1, 2]) == ([0, 1], [0, 1])
+
+
+def test_group_by_prompt_restores_order_and_repeats_greedy() -> None:
+    assert group_by_prompt(["b0", "a0", "b1", "a1"], [1, 0, 1, 0], 2, 2) == [["a0", "a1"], ["b0", "b1"]]
+    assert group_by_prompt(["a", "b"], [0, 1], 2, 3) == [["a", "a", "a"], ["b", "b", "b"]]
+    with pytest.raises(ValueError):
+        group_by_prompt(["a", "a"], [0, 0], 2, 3)
+
+
+# --- the seeded sampler ----------------------------------------------------------------
+
+
+def test_sample_from_probs_inverts_the_cumulative_distribution() -> None:
+    import torch
+
+    from mucode.engines.seeded_sampler import sample_from_probs
+
+    probs = torch.tensor([[0.5, 0.3, 0.2]] * 4)
+    uniforms = torch.tensor([0.4, 0.7, 0.9, 1.0])
+    assert sample_from_probs(probs, uniforms, top_p=1.0).tolist() == [0, 1, 2, 2]
+    # Unnormalised weights sample the same distribution.
+    assert sample_from_probs(probs * 7, uniforms, top_p=1.0).tolist() == [0, 1, 2, 2]
+    # top_p 0.6 keeps {0, 1} (0.5 < 0.6 before token 1; 0.8 >= 0.6 before token 2), whose
+    # mass 0.8 scales the targets: 0.32, 0.56, 0.72, 0.8.
+    assert sample_from_probs(probs, uniforms, top_p=0.6).tolist() == [0, 1, 1, 1]
+    assert sample_from_probs(probs, uniforms, top_p=0.1).tolist() == [0, 0, 0, 0]
+
+
+def test_sample_from_probs_matches_the_distribution() -> None:
+    import torch
+
+    from mucode.engines.seeded_sampler import sample_from_probs
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3]).repeat(20000, 1)
+    uniforms = 1.0 - torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    counts = Counter(sample_from_probs(probs, uniforms, top_p=1.0).tolist())
+    assert counts[1] == 0
+    for token, probability in [(0, 0.1), (2, 0.6), (3, 0.3)]:
+        assert abs(counts[token] / 20000 - probability) < 0.015
+
+
+def test_seeded_sampler_rows_do_not_depend_on_their_batch() -> None:
+    import torch
+
+    from mucode.engines.seeded_sampler import SeededSampler
+
+    scores = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    together = SeededSampler([11, 22, 33], temperature=1.0, top_p=1.0, device="cpu")
+    alone = SeededSampler([22], temperature=1.0, top_p=1.0, device="cpu")
+    picks_together, picks_alone = [], []
+    for _ in range(20):
+        out = together(torch.zeros(3, 1, dtype=torch.long), scores)
+        assert torch.isfinite(out).sum(dim=-1).tolist() == [1, 1, 1]
+        picks_together.append(int(out[1].argmax()))
+        picks_alone.append(int(alone(torch.zeros(1, 1, dtype=torch.long), scores[1:2]).argmax()))
+    assert picks_together == picks_alone
+    assert len(set(picks_alone)) > 1  # it samples, it is not greedy
+
+
+def test_auto_threads_leave_cores_busy_with_other_work_alone() -> None:
+    assert auto_num_threads(2, load_average=0.3, own_threads=0) == 2
+    assert auto_num_threads(2, load_average=2.2, own_threads=2) == 2  # only our own load
+    assert auto_num_threads(2, load_average=6.0, own_threads=2) == 1
+    assert auto_num_threads(2, load_average=1.4, own_threads=0) == 1
+    assert auto_num_threads(8, load_average=3.0, own_threads=0) == 5
+    assert auto_num_threads(8, load_average=40.0, own_threads=8) == 1
+
+
+def test_cpu_thread_budget_respects_a_cgroup_quota() -> None:
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_thread_budget("max 100000") == cores
+    assert cpu_thread_budget("50000 100000") == 1
+    assert cpu_thread_budget(f"{cores * 400000} 100000") == cores
+    assert cpu_thread_budget("") == cores
+
+
+# --- make_engine -----------------------------------------------------------------------
+
+
+def test_unknown_engine_kind_is_one_line() -> None:
+    with pytest.raises(UnknownEngineError) as error:
+        make_engine("vllm", BUNDLED)
+    assert "\n" not in str(error.value) and "hf" in str(error.value) and "sglang" in str(error.value)
+
+
+def test_sglang_engine_without_sglang_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "sglang" else real_find_spec(name, *rest)
+    )
+    with pytest.raises(EngineUnavailableError) as error:
+        make_engine("sglang", BUNDLED, tp_size=1)
+    assert str(error.value) == "the sglang engine needs a GPU machine and `pip install 'mucode[gpu]'`"
+    assert str(error.value) == SGLANG_MISSING
+
+
+# --- sglang: request building and output reshaping ---------------------------------------
+
+
+def test_reshape_outputs_prompt_major_and_sample_major() -> None:
+    assert reshape_outputs(["a0", "a1", "b0", "b1", "c0", "c1"], 3, 2, "prompt-major") == [
+        ["a0", "a1"],
+        ["b0", "b1"],
+        ["c0", "c1"],
+    ]
+    assert reshape_outputs(["a0", "b0", "c0", "a1", "b1", "c1"], 3, 2, "sample-major") == [
+        ["a0", "a1"],
+        ["b0", "b1"],
+        ["c0", "c1"],
+    ]
+    with pytest.raises(ValueError):
+        reshape_outputs(["a0"], 3, 2, "prompt-major")
+
+
+def test_build_requests_one_seeded_request_per_draw_prompt_major() -> None:
+    prompts = [[1, 2, 3], [4, 5]]
+    sampling = SamplingParams(temperature=0.5, top_p=0.9, max_new_tokens=12, seed=3)
+    draws = plan_draws(prompts, 2, sampling.seed)
+    requests = build_requests(prompts, draws, sampling, stop_ids=[2])
+    assert [request["input_ids"] for request in requests] == [[1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
+    params = requests[0]["sampling_params"]
+    assert params["temperature"] == 0.5 and params["top_p"] == 0.9 and params["max_new_tokens"] == 12
+    assert params["n"] == 1 and params["stop_token_ids"] == [2] and params["skip_special_tokens"]
+    seeds = [request["sampling_params"]["sampling_seed"] for request in requests]
+    assert seeds == [draw.seed for draw in draws] and len(set(seeds)) == 4
+    assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_engine_kwargs_and_gpu_pinning() -> None:
+    kwargs = engine_kwargs("/m", 2, 2, 0, 0.7, "bfloat16", 256, deterministic=True)
+    assert kwargs["model_path"] == "/m" and kwargs["tp_size"] == 2 and kwargs["dp_size"] == 2
+    assert kwargs["mem_fraction_static"] == 0.7 and kwargs["max_running_requests"] == 256
+    assert kwargs["enable_deterministic_inference"] is True
+    assert "mem_fraction_static" not in engine_kwargs("/m", 1, 1, 0, None, "auto", None, False)
+    assert gpu_environment([2, 3, 5, 7], 4) == {"CUDA_VISIBLE_DEVICES": "2,3,5,7"}
+    assert gpu_environment(None, 4) == {}
+    with pytest.raises(ValueError):
+        gpu_environment([0], 2)
+
+
+def test_parse_generate_outputs_reads_text_and_completion_tokens() -> None:
+    outputs = [
+        {"text": "def f(): pass", "meta_info": {"completion_tokens": 6, "prompt_tokens": 30}},
+        {"text": "", "meta_info": {"completion_tokens": 1}},
+    ]
+    assert parse_generate_outputs(outputs) == [("def f(): pass", 6), ("", 1)]
+    assert parse_generate_outputs(outputs[0]) == [("def f(): pass", 6)]
+
+
+# --- the worker process protocol (fake backends, real spawn + pipe) -----------------------
+
+
+class EchoBackend:
+    """Answers in the child process; ``close`` leaves a file behind as proof it ran."""
+
+    def __init__(self, close_marker: str) -> None:
+        self.close_marker = close_marker
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def double(self, values: list[int]) -> list[int]:
+        return [2 * value for value in values]
+
+    def fail(self) -> None:
+        raise KeyError("no such request\nsecond line")
+
+    def close(self) -> None:
+        Path(self.close_marker).write_text("closed")
+
+
+class BrokenBackend:
+    def __init__(self) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    def close(self) -> None:
+        pass
+
+
+class StuckBackend:
+    """Starts a helper process (as SGLang starts its scheduler) and hangs on close."""
+
+    def __init__(self) -> None:
+        self.helper = subprocess.Popen(["sleep", "600"])
+
+    def helper_pid(self) -> int:
+        return self.helper.pid
+
+    def close(self) -> None:
+        time.sleep(600)
+
+
+def backend_path(backend: type) -> str:
+    return f"{backend.__module__}:{backend.__qualname__}"
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_worker_runs_calls_in_a_child_and_closes_the_backend(tmp_path: Path) -> None:
+    marker = tmp_path / "closed"
+    worker = WorkerProcess(backend_path(EchoBackend), {"close_marker": str(marker)}, startup_timeout_s=120)
+    try:
+        assert worker.call("pid") == worker.pid != os.getpid()
+        assert worker.call("double", [1, 2, 3]) == [2, 4, 6]
+        with pytest.raises(WorkerError) as error:
+            worker.call("fail")
+        assert "\n" not in str(error.value) and "KeyError" in str(error.value)
+        assert worker.call("double", [5]) == [10]  # still serving after an error
+    finally:
+        worker.close()
+    assert marker.read_text() == "closed"
+    assert not worker.process.is_alive()
+    with pytest.raises(WorkerError):
+        worker.call("pid")
+
+
+def test_worker_startup_failure_is_reported_in_one_line() -> None:
+    with pytest.raises(WorkerError) as error:
+        WorkerProcess(backend_path(BrokenBackend), {}, startup_timeout_s=120)
+    assert "CUDA out of memory" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_closing_a_stuck_worker_kills_its_whole_process_group() -> None:
+    worker = WorkerProcess(backend_path(StuckBackend), {}, startup_timeout_s=120)
+    helper = worker.call("helper_pid")
+    assert process_exists(helper)
+    start = time.monotonic()
+    worker.close(timeout_s=1.0)
+    assert time.monotonic() - start < 15
+    assert not worker.process.is_alive()
+    deadline = time.monotonic() + 5
+    while process_exists(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_exists(helper)
+
+
+class FakeSGLangBackend:
+    """Stands in for ``SGLangBackend`` (same constructor kwargs, same ``generate``
+    contract) so the sglang engine's parent side runs end to end without SGLang."""
+
+    def __init__(self, **engine_kwargs: Any) -> None:
+        self.engine_kwargs = engine_kwargs
+
+    def generate(self, requests: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        replies = []
+        for request in requests:
+            params = request["sampling_params"]
+            replies.append((f"{len(request['input_ids'])}:{params['sampling_seed']}", params["max_new_tokens"]))
+        return replies
+
+    def close(self) -> None:
+        pass
+
+
+# --- engines on the bundled model (slow) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bundled_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same path as in test_models.py: the bundled model is converted once per run."""
+    return tmp_path_factory.getbasetemp() / "mucode-models"
+
+
+@pytest.fixture(scope="session")
+def bundled_dir(bundled_cache: Path) -> str:
+    from mucode.models import resolve_model
+
+    return resolve_model(BUNDLED, cache_dir=bundled_cache)
+
+
+@pytest.fixture(scope="module")
+def hf_engine(bundled_dir: str):
+    with make_engine("hf", bundled_dir, batch_size=4) as engine:
+        yield engine
+
+
+@pytest.mark.slow
+def test_sglang_engine_parent_side_over_the_real_pipe(bundled_dir: str) -> None:
+    from mucode.engines.sglang import SGLangEngine
+
+    engine = SGLangEngine(bundled_dir, backend=backend_path(FakeSGLangBackend), startup_timeout_s=120)
+    with engine:
+        assert engine.worker.call("generate", []) == []  # an empty batch is fine too
+        sampled = engine.generate(CONVERSATIONS, 2, SamplingParams(max_new_tokens=5, seed=1))
+        from mucode.engines.chat import prompt_token_ids
+
+        lengths = [len(ids) for ids in prompt_token_ids(engine.tokenizer, CONVERSATIONS)]
+        assert [[reply.split(":")[0] for reply in samples] for samples in sampled] == [[str(n)] * 2 for n in lengths]
+        assert len({reply for samples in sampled for reply in samples}) == 6  # distinct seeds
+        assert engine.tokens_generated == 6 * 5
+        greedy = engine.generate(CONVERSATIONS, 3, SamplingParams(temperature=0, max_new_tokens=4))
+        assert [len(set(samples)) for samples in greedy] == [1, 1, 1] and all(len(s) == 3 for s in greedy)
+        assert engine.tokens_generated == 6 * 5 + 3 * 4
+    assert not engine.worker.process.is_alive()
+
+
+@pytest.mark.slow
+def test_hf_outputs_are_conversation_by_sample(hf_engine) -> None:
+    replies = hf_engine.generate(CONVERSATIONS, 3, SamplingParams(temperature=0.8, max_new_tokens=8, seed=0))
+    assert len(replies) == 3 and all(len(samples) == 3 for samples in replies)
+    assert all(isinstance(reply, str) and reply for samples in replies for reply in samples)
+    assert hf_engine.generate([], 3, SamplingParams()) == []
+
+
+@pytest.mark.slow
+def test_hf_prompt_is_the_chat_template_with_generation_prompt(hf_engine) -> None:
+    ids = hf_engine.prompt_token_ids(CONVERSATIONS[:1])[0]
+    text = hf_engine.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
+    assert "Write a Python function `add(a, b)`" in text
+    assert hf_engine.tokenizer.convert_tokens_to_ids("<|im_end|>") in hf_engine.stop_ids
+
+
+@pytest.mark.slow
+def test_hf_greedy_is_deterministic_and_identical_across_samples(hf_engine) -> None:
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    first = hf_engine.generate(CONVERSATIONS, 2, greedy)
+    assert first == hf_engine.generate(CONVERSATIONS, 2, greedy)
+    assert all(samples[0] == samples[1] for samples in first)
+
+
+@pytest.mark.slow
+def test_hf_seeded_sampling_is_reproducible_in_a_new_engine(hf_engine, bundled_dir: str) -> None:
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=10, seed=7)
+    first = hf_engine.generate(CONVERSATIONS, 2, sampling)
+    assert first == hf_engine.generate(CONVERSATIONS, 2, sampling)
+    with make_engine("hf", bundled_dir, batch_size=2) as fresh:
+        assert fresh.generate(CONVERSATIONS, 2, sampling) == first
+    other_seed = hf_engine.generate(CONVERSATIONS, 2, SamplingParams(temperature=1.0, max_new_tokens=10, seed=8))
+    assert other_seed != first
+
+
+@pytest.mark.slow
+def test_hf_batched_outputs_equal_one_at_a_time_outputs(hf_engine) -> None:
+    """Bucketing reorders draws; results must come back in call order and, thanks to
+    left padding and per-draw seeds, equal the results of generating each alone.
+    Short generations (8 tokens) keep float32 near-ties from flipping a token."""
+    for sampling in (SamplingParams(temperature=0, max_new_tokens=8), SamplingParams(max_new_tokens=8, seed=3)):
+        batched = hf_engine.generate(CONVERSATIONS, 2, sampling)
+        alone = [hf_engine.generate([conversation], 2, sampling)[0] for conversation in CONVERSATIONS]
+        assert batched == alone
+
+
+@pytest.mark.slow
+def test_hf_shared_prefill_gives_the_same_samples_as_separate_prefills(hf_engine, monkeypatch) -> None:
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    shared = hf_engine.generate(CONVERSATIONS, 3, sampling)
+    monkeypatch.setattr(hf_engine, "share_prefill", False)
+    assert hf_engine.generate(CONVERSATIONS, 3, sampling) == shared
+
+
+@pytest.mark.slow
+def test_hf_tokens_generated_counts_real_tokens_only(hf_engine) -> None:
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    prompts = hf_engine.prompt_token_ids(CONVERSATIONS)
+    before = hf_engine.tokens_generated
+    raw = hf_engine.generate_raw(prompts, greedy)
+    counted = hf_engine.tokens_generated - before
+    # A reply that stopped early counts its stop token; padding after it counts nothing.
+    assert counted == sum(min(len(reply) + 1, 16) for reply in raw)
+    assert any(len(reply) < 15 for reply in raw), "one reply should stop early for this test to bite"
+    assert counted < 16 * len(prompts)
+    # The engine's own path decodes the same greedy tokens, stop tokens removed.
+    before = hf_engine.tokens_generated
+    texts = hf_engine.generate(CONVERSATIONS, 1, greedy)
+    assert hf_engine.tokens_generated - before == counted
+    assert [samples[0] for samples in texts] == [
+        hf_engine.tokenizer.decode(reply, skip_special_tokens=True) for reply in raw
+    ]
+    assert not any("<|im_end|>" in samples[0] for samples in texts)
+
+
+@pytest.mark.slow
+def test_hf_engine_refuses_work_after_close(bundled_dir: str) -> None:
+    engine = make_engine("hf", bundled_dir, batch_size=1)
+    engine.close()
+    engine.close()
+    with pytest.raises(EngineClosedError):
+        engine.generate(CONVERSATIONS[:1], 1, SamplingParams(max_new_tokens=2))

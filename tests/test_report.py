@@ -1,0 +1,203 @@
+"""The report: evaluation directories on disk -> Table 1 markdown, PNG plots, Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from types import SimpleNamespace
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mucode.report import (
+    CURVES_FILE,
+    REPORT_FILE,
+    SCALING_FILE,
+    EvaluationSummary,
+    ReportError,
+    artifact_key,
+    build_report,
+    inline_images,
+    load_evaluations,
+    publish_report_artifacts,
+    save_evaluation,
+    scaling_groups,
+    table_records,
+)
+from mucode.tasks.evaluate import ROW_SCHEMA, summarize
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def rows_for(dataset: str, n: int, turns: int, solved_turn: dict[str, int | None], selection: str = "pt") -> pl.DataFrame:
+    """One search per problem; `solved_turn` says at which turn it first passes (public and private)."""
+    records = []
+    for task_id, solved in solved_turn.items():
+        for turn in range(1, turns + 1):
+            passed = solved is not None and turn >= solved
+            records.append({"task_id": task_id, "dataset": dataset, "search_id": 0, "turn": turn, "n": n,
+                            "selection": selection, "selected": 0, "response": "r", "code": "c",
+                            "public_passed": passed, "private_passed": passed, "verifier_score": math.nan,
+                            "num_public_passing_candidates": int(passed)})
+    return pl.DataFrame(records, schema=ROW_SCHEMA)
+
+
+def save(directory: Path, method: str, dataset: str, n: int, solved_turn: dict, turns: int = 3,
+         selection: str = "pt") -> EvaluationSummary:
+    rows = rows_for(dataset, n, turns, solved_turn, selection)
+    summary = EvaluationSummary(method=method, dataset=dataset, n=n, selection=selection, turns=turns, searches=1,
+                                metrics=summarize(rows), details={"generator": "g"})
+    save_evaluation(directory, rows, summary)
+    return summary
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    solved = {f"p{i}": [1, 2, 3, None][i % 4] for i in range(8)}  # bon@1 .25, bon@2 .5, bon@3 .75
+    better = {f"p{i}": [1, 1, 2, None][i % 4] for i in range(8)}  # bon@1 .5, bon@3 .75
+    save(tmp_path / "eval" / "base-he-n1", "Multi-turn Instruct", "humaneval", 1, solved)
+    save(tmp_path / "eval" / "base-he-n5", "Multi-turn Instruct", "humaneval", 5, better)
+    save(tmp_path / "eval" / "base-mbpp-n1", "Multi-turn Instruct", "mbpp", 1, better)
+    save(tmp_path / "eval" / "mucode-he-n2", "µCode", "humaneval", 2, better, selection="pt+lv")
+    save(tmp_path / "eval" / "mucode-he-n4", "µCode", "humaneval", 4, {k: 1 for k in better}, selection="pt+lv")
+    return tmp_path
+
+
+def test_evaluation_directories_round_trip(run_dir: Path):
+    summaries = load_evaluations(run_dir)
+    assert [s.label for s in summaries] == ["eval/base-he-n1", "eval/base-he-n5", "eval/base-mbpp-n1",
+                                            "eval/mucode-he-n2", "eval/mucode-he-n4"]
+    first = summaries[0]
+    assert (first.method, first.dataset, first.n, first.selection, first.turns) == (
+        "Multi-turn Instruct", "humaneval", 1, "pt", 3)
+    assert first.metrics["bon@3"] == pytest.approx(0.75)
+    assert first.details == {"generator": "g"}
+    assert pl.read_parquet(run_dir / "eval" / "base-he-n1" / "rows.parquet").height == 8 * 3
+
+
+def test_table_is_laid_out_like_table_1(run_dir: Path):
+    records = table_records(load_evaluations(run_dir))
+    assert [(r["Method"], r["N"]) for r in records] == [
+        ("Multi-turn Instruct", "1"), ("+ BoN (pt)", "5"), ("µCode + BoN (pt+lv)", "2"), ("+ BoN (pt+lv)", "4")]
+    assert list(records[0]) == ["Method", "N", "T", "HumanEval", "MBPP"]
+    assert records[0]["HumanEval"].startswith("75.0 [")
+    assert records[0]["MBPP"].startswith("75.0 [")
+    assert records[1]["MBPP"] == "–"
+    assert records[3]["HumanEval"] == "100.0 [100.0, 100.0]"
+
+
+def test_build_report_writes_markdown_and_valid_pngs(run_dir: Path):
+    report = build_report(run_dir)
+    assert report == run_dir / REPORT_FILE
+    text = report.read_text()
+    assert "| Method | N | T | HumanEval | MBPP |" in text
+    assert "| Multi-turn Instruct | 1 | 3 | 75.0 [" in text
+    assert f"![BoN@t per turn]({CURVES_FILE})" in text
+    assert f"![BoN@T against N]({SCALING_FILE})" in text
+    assert "### `eval/mucode-he-n4`: µCode, N=4 (pt+lv) on HumanEval" in text
+    assert "| bon@1 | 25.0 |" in text
+    # 5 x 4 inches per dataset panel at 110 dpi: both datasets have turn curves, only
+    # HumanEval has several N.
+    for image, panels in ((CURVES_FILE, 2), (SCALING_FILE, 1)):
+        assert png_size(run_dir / image) == (550 * panels, 440), image
+        assert (run_dir / image).stat().st_size > 10_000
+
+
+def test_scaling_needs_one_method_at_several_n(tmp_path: Path):
+    save(tmp_path / "a", "base", "humaneval", 1, {"p": 1})
+    save(tmp_path / "b", "base", "mbpp", 5, {"p": 1}, selection="pt+lv")
+    save(tmp_path / "c", "tuned", "humaneval", 5, {"p": 1}, selection="pt+lv")
+    (tmp_path / SCALING_FILE).write_bytes(b"stale")
+    text = build_report(tmp_path).read_text()
+    assert not (tmp_path / SCALING_FILE).exists()
+    assert "No method was evaluated at several N" in text
+    assert png_size(tmp_path / CURVES_FILE)[0] > 400
+
+
+def test_scaling_groups_sort_by_n_and_n1_joins_every_selection(run_dir: Path):
+    groups = scaling_groups(load_evaluations(run_dir))
+    assert {key: [s.n for s in group] for key, group in groups.items()} == {
+        ("Multi-turn Instruct", "humaneval", "pt", 3): [1, 5],
+        ("µCode", "humaneval", "pt+lv", 3): [2, 4],
+    }
+    save(run_dir / "eval" / "mucode-he-n1", "µCode", "humaneval", 1, {"p": 1}, selection="random")
+    groups = scaling_groups(load_evaluations(run_dir))
+    assert [s.n for s in groups[("µCode", "humaneval", "pt+lv", 3)]] == [1, 2, 4]
+
+
+def test_foreign_summary_files_are_not_evaluations(run_dir: Path):
+    (run_dir / "finetune").mkdir()
+    (run_dir / "finetune" / "summary.json").write_text(json.dumps({"loss": 0.1}))
+    assert len(load_evaluations(run_dir)) == 5
+    (run_dir / "finetune" / "meta.json").write_text("[1, 2]")
+    assert len(load_evaluations(run_dir)) == 5
+
+
+def test_missing_run_dir_and_empty_run_dir_fail_with_one_line(tmp_path: Path):
+    with pytest.raises(ReportError, match="does not exist"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(ReportError, match="no evaluations under"):
+        build_report(tmp_path)
+
+
+def test_corrupt_summary_is_named(run_dir: Path):
+    (run_dir / "eval" / "base-he-n5" / "summary.json").write_text("{not json")
+    with pytest.raises(ReportError, match="base-he-n5/summary.json: unreadable JSON"):
+        build_report(run_dir)
+
+
+def test_inline_images_embeds_local_pngs_only(tmp_path: Path):
+    (tmp_path / "a.png").write_bytes(PNG_SIGNATURE + b"rest")
+    text = inline_images("x ![A](a.png) y ![B](missing.png)", tmp_path)
+    assert "![A](data:image/png;base64,iVBORw0KGgpyZXN0)" in text
+    assert "![B](missing.png)" in text
+
+
+def test_artifact_keys_are_lowercase_dashes():
+    assert artifact_key("µCode Run_1", "bon_at_t") == "code-run-1-bon-at-t"
+
+
+def test_publishing_outside_a_flow_does_nothing(run_dir: Path):
+    build_report(run_dir)
+    assert publish_report_artifacts(run_dir) == []
+
+
+def test_publishing_inside_a_flow_creates_table_markdown_and_images(run_dir: Path):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    build_report(run_dir)
+    keys = ["test-report-table1", "test-report-report", "test-report-bon-at-t", "test-report-scaling"]
+
+    @flow
+    def publish() -> int:
+        return len(publish_report_artifacts(run_dir, key_prefix="test-report"))
+
+    with prefect_test_harness():
+        assert publish() == 4
+        with get_client(sync_client=True) as client:
+            # Prefect 3.8.8's server rejects the nulls its own client.read_artifacts sends.
+            response = client.request("POST", "/artifacts/filter", json={
+                "artifacts": {"key": {"any_": keys}}, "limit": 10, "offset": 0, "sort": "KEY_ASC"})
+    artifacts = [SimpleNamespace(**artifact) for artifact in response.json()]
+    by_key = {artifact.key: artifact for artifact in artifacts}
+    assert sorted(by_key) == sorted(keys)
+    assert all(artifact.flow_run_id is not None for artifact in artifacts)
+    assert by_key["test-report-table1"].type == "table"
+    table = json.loads(by_key["test-report-table1"].data)
+    assert [row["Method"] for row in table] == [r["Method"] for r in table_records(load_evaluations(run_dir))]
+    markdown = by_key["test-report-report"].data
+    assert by_key["test-report-report"].type == "markdown"
+    assert "](data:image/png;base64," in markdown and "](bon_at_t.png)" not in markdown
+    assert by_key["test-report-scaling"].type == "image"
+    assert by_key["test-report-scaling"].data.startswith("data:image/png;base64,iVBORw0KGgo")
