@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Offline machines: the datasets folder beside the checkout, unless one is given.
+MUCODE_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
+export MUCODE_DATA_DIR
 
 .PHONY: install demo test test-fast bench ui clean-runs
 

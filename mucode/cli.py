@@ -202,7 +202,8 @@ def train(config: Path = typer.Option(Path("configs/smoke.yaml"), help="YAML con
     """Run the whole M-iteration µCode flow (Prefect), then evaluation and the report."""
     from mucode.flows.train import main as train_main
 
-    _run(train_main, str(config), set)
+    arguments = ["--config", str(config)] + [item for override in set for item in ("--override", override)]
+    raise typer.Exit(train_main(arguments))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,46 @@
+"""Report stage: the experiment's Table-1-style report, rebuilt from evaluation artifacts.
+
+Each evaluation artifact (rows Parquet, manifest with method / dataset / N / selection and
+the summary) is laid out as an evaluation directory under `ROOT/report/`, then
+`mucode.report.write_report` writes `report.md` and its PNGs there; inside a flow run the
+report is also published as Prefect artifacts. It runs no model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mucode.orchestration import stage_task
+
+REPORT_DIR = "report"
+
+
+def evaluation_label(manifest: dict) -> str:
+    meta = manifest["evaluation"]
+    return f"{meta['method']}-{meta['dataset']}-n{meta['n']}-{meta['selection']}".replace("/", "_").replace("+", "_")
+
+
+def report_stage(cfg, root: str, evaluations) -> str:
+    """Store-level stage: lay out the evaluations and write the report; returns report.md's path."""
+    from mucode.artifacts import ArtifactStore
+    from mucode.report import EvaluationSummary, in_prefect_run, publish_report_artifacts, save_evaluation, write_report
+
+    store = ArtifactStore(root)
+    out = Path(store.base) / REPORT_DIR
+    summaries = []
+    for evaluation in evaluations:
+        manifest = store.manifest(evaluation)
+        meta = manifest["evaluation"]
+        summary = EvaluationSummary(method=meta["method"], dataset=meta["dataset"], n=meta["n"],
+                                    selection=meta["selection"], turns=meta["turns"], searches=meta["searches"],
+                                    metrics=manifest["metrics"], details=meta["details"],
+                                    label=evaluation_label(manifest))
+        save_evaluation(out / "eval" / summary.label, store.get_frame(evaluation), summary)
+        summaries.append(summary)
+    report = write_report(summaries, out, source=root)
+    if in_prefect_run():
+        publish_report_artifacts(out)
+    return str(report)
+
+
+report_task = stage_task(report_stage, name="report", sections=())
