@@ -28,6 +28,8 @@ train, and does not render plots (that is `mucode.report`).
 
 from __future__ import annotations
 
+from mucode.orchestration import stage_task
+
 import dataclasses
 import math
 import random
@@ -369,7 +371,7 @@ def evaluate_to_dir(
     *,
     generator: str,
     dataset: str,
-    out_dir: str | Path,
+    out: str | Path,
     verifier: str | None = None,
     selection: str | None = None,
     n: int | None = None,
@@ -380,11 +382,12 @@ def evaluate_to_dir(
     temperature: float | None = None,
     method: str | None = None,
     progress: bool = True,
-) -> Path:
-    """Evaluate a generator on a dataset and write `out_dir` (rows.parquet, summary.json,
-    meta.json, report.md + PNGs; scaling runs under `out_dir/scaling/n<N>/`).
+) -> dict[str, float]:
+    """Evaluate a generator on a dataset and write `out` (rows.parquet, summary.json,
+    meta.json, report.md + PNGs; scaling runs under `out/scaling/n<N>/`).
 
-    Unset options come from `cfg.evaluation` (and `cfg.data.eval_limit`). Returns `out_dir`.
+    Unset options come from `cfg.evaluation` (and `cfg.data.eval_limit`). Returns the summary
+    (metric name -> value) of the main run (N = `n`).
     """
     evaluation = cfg.evaluation
     selection = selection or evaluation.selection
@@ -405,7 +408,8 @@ def evaluate_to_dir(
     if temperature is not None:
         settings = settings.model_copy(update={"temperature": temperature})
     sampling = sampling_params(settings, seed=cfg.seed)
-    out = Path(out_dir)
+    out = Path(out)
+    summaries: list[dict[str, float]] = []
     scorer = None
     if verifier is not None:
         from mucode.tasks.verifier import VerifierScorer
@@ -424,5 +428,46 @@ def evaluate_to_dir(
                          "wall_s": round(time.perf_counter() - started, 2)},
             )
             save_evaluation(out if index == 0 else out / "scaling" / f"n{value}", rows, summary)
+            summaries.append(summary.metrics)
     build_report(out)
-    return out
+    return summaries[0]
+
+
+def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):
+    """Store-level stage: multi-turn Best-of-N of a stored generator (None = base model) on stored problems.
+
+    The rows are the artifact; its manifest carries what the report needs (method, dataset,
+    N, selection, the summary with intervals), so the report is rebuilt from artifacts alone.
+    """
+    import time
+
+    from mucode.artifacts import ArtifactStore
+    from mucode.resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
+
+    check_selection(selection, has_verifier=verifier is not None)
+    store = ArtifactStore(root)
+    frame = store.get_frame(problems)
+    scorer = None
+    if verifier is not None:
+        from mucode.tasks.verifier import VerifierScorer
+
+        scorer = VerifierScorer(store.get_dir(verifier), batch_size=cfg.verifier.batch_size,
+                                max_length=cfg.verifier.max_length)
+    started = time.perf_counter()
+    with make_engine_from_config(cfg, model_path(cfg, store, generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
+        rows = run_search(frame, engine, sandbox, scorer, n=n, turns=cfg.evaluation.turns,
+                          searches=cfg.evaluation.searches, selection=selection,
+                          sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed)
+    summary = summarize(rows, seed=cfg.seed)
+    meta = {"method": label, "dataset": str(frame["dataset"][0]), "n": n, "selection": selection,
+            "turns": cfg.evaluation.turns, "searches": cfg.evaluation.searches,
+            "details": {"generator": model_hash(cfg, generator), "verifier": verifier.hash if verifier else "",
+                        "seed": cfg.seed, "wall_s": round(time.perf_counter() - started, 2)}}
+    inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
+    return store.put_frame(rows, stage="evaluate", config_hash=cfg.section_digest("model", "engine", "evaluation", "sandbox", "seed"),
+                           inputs=inputs, extra={"evaluation": meta, "metrics": summary})
+
+
+# The Prefect task: cached on the config sections read and the input artifacts' hashes.
+evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=("model", "engine", "evaluation", "sandbox", "seed"),
+                           gpu=True)

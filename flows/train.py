@@ -1,0 +1,81 @@
+"""Flow `mucode-train`: M iterations of µCode, then evaluation and the report.
+
+`train_arm` runs the iterations of one configuration; a `mucode-compare` flow can call it
+once per arm on a shared experiment directory, and every stage whose config sections and
+inputs agree between arms is a cache hit. `python -m mucode.flows.train` runs the flow
+from a shell (`make demo`). Wiring only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from prefect import flow, get_run_logger
+
+from mucode.config import Config, ConfigError
+from mucode.flows.evaluate import evaluate_and_report
+from mucode.flows.experiment import IterationRecord, load_experiment
+from mucode.flows.iteration import run_iteration
+
+
+def train_arm(cfg: Config, root: str) -> IterationRecord:
+    """Iterations 1..cfg.iterations, each from the previous one's generator and aggregate."""
+    record = None
+    for iteration in range(1, cfg.iterations + 1):
+        record = run_iteration(cfg, root, iteration, record)
+    assert record is not None  # Config guarantees iterations >= 1
+    return record
+
+
+@flow(name="mucode-train", log_prints=True)
+def mucode_train(config: str = "configs/smoke.yaml", overrides: list[str] | None = None) -> str:
+    """Train M = config.iterations iterations, then evaluate the last generator and the base model.
+
+    Args:
+        config: path of a YAML config, relative to the repository.
+        overrides: `section.key=value` strings applied on top, e.g. `iterations=2`.
+
+    Returns:
+        The path of the report.
+    """
+    cfg, root = load_experiment(config, overrides)
+    get_run_logger().info("experiment %s: %d iteration(s) in %s", cfg.name, cfg.iterations, root)
+    last = train_arm(cfg, root)
+    return evaluate_and_report(cfg, root, last.generator, last.verifier)
+
+
+def _ui_hint(flow_run_id: object) -> str:
+    if os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_UI_URL
+
+        return f"Prefect UI: {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
+    return ("Prefect UI: this run used a temporary server; start one with scripts/prefect-server.sh and "
+            "export the PREFECT_API_URL it prints to browse runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mucode.flows.train",
+                                     description=mucode_train.description.splitlines()[0])
+    parser.add_argument("--config", default="configs/smoke.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value; repeatable")
+    args = parser.parse_args(argv)
+    try:
+        load_experiment(args.config, args.override)  # fail in one line before Prefect starts
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    state = mucode_train(config=args.config, overrides=args.override or None, return_state=True)
+    if not state.is_completed():
+        print(f"mucode-train ended {state.name}: {state.message}", file=sys.stderr)
+        print(_ui_hint(state.state_details.flow_run_id), file=sys.stderr)
+        return 1
+    print(f"Report: {state.result()}")
+    print(_ui_hint(state.state_details.flow_run_id))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""prefect.yaml against a real `prefect server start` and a real process worker.
+
+`prefect deploy --all` registers every deployment; runs are then triggered through the API
+as the UI does (`run_deployment`), picked up by the worker (scripts/prefect-server.sh) and
+run in the repository; the nightly schedule and the parameter forms are read back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_flows import REPO, prefect_server, task_run_states  # noqa: F401  (prefect_server: a shared fixture)
+
+PREFECT = str(REPO / ".venv" / "bin" / "prefect")
+
+TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evaluation.n=1", "evaluation.turns=1",
+                   "evaluation.searches=1", "evaluation.scaling_ns=[1]", "evaluation.sampling.max_new_tokens=32"]
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):  # noqa: F811
+    started = time.perf_counter()
+    done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=prefect_server,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and "422 Unprocessable Entity" in done.stdout + done.stderr:
+        pytest.fail("prefect deploy got 422 from the server: its FastAPI is >= 0.151, which rejects the nulls "
+                    "Prefect 3.8.8 sends; pin fastapi<0.151 (docs/orchestration.md, Known issue)")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    print(f"prefect deploy --all: {time.perf_counter() - started:.1f} s")
+    return prefect_server
+
+
+def api(env: dict[str, str]):
+    """Prefect settings pointing this process at the test server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
+
+
+def flow_run_artifacts(flow_run_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        # Every field explicitly: the server rejects the nulls the client sends for omitted ones.
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=200, offset=0,
+            sort=ArtifactSort.CREATED_DESC)
+
+
+@pytest.mark.server
+def test_deployments_schedule_and_parameter_forms(deployed):
+    from prefect import get_client
+
+    with api(deployed), get_client(sync_client=True) as client:
+        iteration = client.read_deployment_by_name("mucode-iteration/process")
+        train = client.read_deployment_by_name("mucode-train/process")
+        stage = client.read_deployment_by_name("mucode-stage/process")
+        docker = client.read_deployment_by_name("mucode-train/docker")
+    [schedule] = iteration.schedules
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
+    assert train.work_pool_name == "mucode-process" and docker.work_pool_name == "mucode-docker"
+    assert docker.job_variables["image"] == "mucode-trainer:latest"
+    assert train.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    form = train.parameter_openapi_schema["properties"]
+    assert form["config"]["default"] == "configs/smoke.yaml" and form["config"]["type"] == "string"
+    assert {"type": "array", "items": {"type": "string"}} in form["overrides"]["anyOf"]
+    assert form["config"]["description"].startswith("path of a YAML config")
+    from mucode.tasks import STAGES
+
+    assert stage.parameter_openapi_schema["properties"]["stage"]["enum"] == list(STAGES)  # a drop-down in the UI
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_triggered_evaluate_run_completes_with_artifacts_and_retries_from_cache(deployed, tmp_path):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    parameters = {"config": "configs/smoke.yaml", "overrides": [f"run_dir={tmp_path}", *TINY_EVALUATION],
+                  "iteration": 0}
+    with api(deployed):
+        started = time.perf_counter()
+        flow_run = run_deployment("mucode-evaluate/process", parameters=parameters, timeout=1200)
+        elapsed = time.perf_counter() - started
+        assert flow_run.state.is_completed(), flow_run.state
+        print(f"mucode-evaluate via deployment and process worker: {elapsed:.1f} s")
+        artifacts = {artifact.key: artifact.type for artifact in flow_run_artifacts(flow_run.id) if artifact.key}
+        assert artifacts["smoke-evaluate-base"] == "table"  # the stage table of mucode.orchestration
+        assert "markdown" in {kind for key, kind in artifacts.items() if key.endswith("-report")}  # the report
+        assert list(Path(tmp_path, "smoke").glob("**/report.md"))
+
+        # `prefect flow-run retry` on a deployed run: the worker runs it again, from the cache.
+        retry = subprocess.run([PREFECT, "flow-run", "retry", str(flow_run.id)], cwd=REPO, env=deployed,
+                               capture_output=True, text=True, timeout=120)
+        assert retry.returncode == 0, (retry.stdout + retry.stderr)[-2000:]
+        started = time.perf_counter()
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.id).state
+            while not (state.is_final() and state.timestamp > flow_run.state.timestamp):
+                assert time.perf_counter() - started < 600, f"retried run stuck in {state.name}"
+                time.sleep(1)
+                state = client.read_flow_run(flow_run.id).state
+        assert state.is_completed(), state
+        print(f"retried deployed run: {time.perf_counter() - started:.1f} s")
+    # Task runs of the same flow run, latest per name: the retry's, every one a cache hit.
+    assert set(task_run_states(deployed, str(flow_run.id)).values()) == {"Cached"}
+
+
+@pytest.mark.server
+def test_triggered_stage_run_writes_its_artifact(deployed, tmp_path):
+    from prefect.deployments import run_deployment
+
+    parameters = {"stage": "problems", "options": {"dataset": "mbpp", "split": "train", "limit": 2},
+                  "overrides": [f"run_dir={tmp_path}"]}
+    with api(deployed):
+        started = time.perf_counter()
+        flow_run = run_deployment("mucode-stage/process", parameters=parameters, timeout=600)
+    assert flow_run.state.is_completed(), flow_run.state
+    print(f"mucode-stage (problems) via deployment: {time.perf_counter() - started:.1f} s")
+    [stored] = Path(tmp_path, "smoke", "artifacts", "problems").glob("*.parquet")
+    assert stored.stat().st_size > 0

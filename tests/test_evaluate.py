@@ -1,0 +1,463 @@
+"""The evaluate stage: selection rules, summaries of hand-made searches, the batched search
+with a scripted engine and the real local sandbox, and (slow) the bundled model end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import struct
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mucode.metrics import pass_at_k
+from mucode.tasks.evaluate import (
+    ROW_SCHEMA,
+    EvaluationError,
+    check_selection,
+    scaling_plan,
+    search_rng,
+    select_candidate,
+    summarize,
+)
+
+
+def search_rows(task_id: str, search_id: int, public: list[bool], private: list[bool], n: int = 2,
+                selection: str = "pt") -> list[dict]:
+    return [
+        {"task_id": task_id, "dataset": "humaneval", "search_id": search_id, "turn": turn, "n": n,
+         "selection": selection, "selected": 0, "response": "", "code": "", "public_passed": pub,
+         "private_passed": priv, "verifier_score": math.nan, "num_public_passing_candidates": int(pub)}
+        for turn, (pub, priv) in enumerate(zip(public, private), start=1)
+    ]
+
+
+def frame(*searches: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame([row for rows in searches for row in rows], schema=ROW_SCHEMA)
+
+
+# --- selection ---------------------------------------------------------------------------------
+
+
+def test_pt_picks_only_public_passing_candidates():
+    rng = random.Random(0)
+    picks = {select_candidate("pt", [False, True, False, True], None, rng) for _ in range(200)}
+    assert picks == {1, 3}
+
+
+def test_pt_falls_back_to_any_candidate_when_none_pass():
+    rng = random.Random(0)
+    picks = {select_candidate("pt", [False, False, False], None, rng) for _ in range(200)}
+    assert picks == {0, 1, 2}
+
+
+def test_lv_picks_the_highest_score_whatever_the_public_tests_say():
+    assert select_candidate("lv", [True, False, True], [0.1, 2.0, -1.0], random.Random(0)) == 1
+
+
+def test_pt_plus_lv_puts_public_passes_first_then_the_verifier():
+    assert select_candidate("pt+lv", [True, False, True], [0.1, 50.0, 0.7], random.Random(0)) == 2
+    # Nothing passes: the verifier alone decides.
+    assert select_candidate("pt+lv", [False, False], [0.3, 0.9], random.Random(0)) == 1
+
+
+def test_equal_scores_pick_the_first_candidate():
+    assert select_candidate("lv", [False, False, False], [0.5, 0.5, 0.5], random.Random(0)) == 0
+
+
+def test_random_selection_is_reproducible_per_search_and_covers_all_candidates():
+    first = [select_candidate("random", [True] * 5, None, search_rng(0, "humaneval/1", 2)) for _ in range(3)]
+    again = [select_candidate("random", [True] * 5, None, search_rng(0, "humaneval/1", 2)) for _ in range(3)]
+    assert first == again
+    rng = search_rng(0, "humaneval/1", 2)
+    assert {select_candidate("random", [False] * 5, None, rng) for _ in range(300)} == set(range(5))
+    other = [[select_candidate("random", [True] * 5, None, search_rng(seed, "t", 0)) for _ in range(8)]
+             for seed in range(4)]
+    assert len({tuple(picks) for picks in other}) > 1
+
+
+@pytest.mark.parametrize("rule", ["lv", "pt+lv"])
+def test_verifier_rules_without_a_verifier_fail_with_one_line(rule):
+    with pytest.raises(EvaluationError) as error:
+        check_selection(rule, has_verifier=False)
+    assert str(error.value) == f"selection {rule} needs --verifier; use pt for a base model"
+
+
+def test_unknown_selection_names_the_valid_rules():
+    with pytest.raises(EvaluationError, match="use one of random, lv, pt, pt\\+lv"):
+        check_selection("best", has_verifier=True)
+
+
+def test_mismatched_scores_are_an_error():
+    with pytest.raises(EvaluationError, match="2 verifier scores for 3 candidates"):
+        select_candidate("lv", [True, True, True], [0.1, 0.2], random.Random(0))
+
+
+def test_scaling_plan_runs_the_main_n_first_and_each_n_once():
+    assert scaling_plan(5, [1, 2, 4, 5, 8, 2]) == [5, 1, 2, 4, 8]
+    with pytest.raises(EvaluationError, match=">= 1"):
+        scaling_plan(5, [0])
+
+
+# --- summaries ----------------------------------------------------------------------------------
+
+
+def test_summary_of_hand_made_searches():
+    rows = frame(
+        # first public pass fails privately; a later turn passes privately: still a failure
+        search_rows("a", 0, [True, True, True], [False, True, True]),
+        search_rows("a", 1, [False, True, True], [False, True, True]),  # success from turn 2
+        search_rows("b", 0, [False, False, False], [False, False, False]),  # never passes publicly
+        search_rows("b", 1, [False, False, False], [False, False, True]),  # private pass, never submitted
+        search_rows("c", 0, [True, True, True], [True, True, True]),
+        search_rows("c", 1, [True, False, False], [True, False, False]),
+    )
+    summary = summarize(rows)
+    assert (summary["problems"], summary["searches"], summary["n"], summary["turns"]) == (3, 2, 2, 3)
+    # bon@t per problem: a = [0, .5, .5], b = [0, 0, 0], c = [1, 1, 1]
+    assert summary["bon@1"] == pytest.approx((0 + 0 + 1) / 3)
+    assert summary["bon@2"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert summary["bon@3"] == pytest.approx((0.5 + 0 + 1) / 3)
+    # solved@3: a both searches, b one, c both
+    assert summary["solved@3"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert summary["pass@1"] == summary["solved@3"]
+    assert summary["pass@2"] == pytest.approx((1 + pass_at_k(2, 1, 2) + 1) / 3)
+    assert summary["public@1"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert summary["public@3"] == pytest.approx((1 + 0 + 1) / 3)
+    assert summary["single_turn_pass@1"] == pytest.approx((0 + 0 + 1) / 3)
+    assert "pass@5" not in summary
+    for metric in ("bon@3", "pass@1", "solved@2", "public@2", "single_turn_pass@1"):
+        assert summary[f"{metric}.ci_low"] <= summary[metric] <= summary[f"{metric}.ci_high"]
+    assert summary["bon@3.ci_low"] < summary["bon@3.ci_high"]
+
+
+def test_summary_does_not_depend_on_row_order():
+    rows = frame(search_rows("a", 0, [False, True], [False, True]), search_rows("b", 0, [True, True], [False, True]))
+    shuffled = rows.sample(fraction=1.0, shuffle=True, seed=1)
+    assert summarize(shuffled) == summarize(rows)
+
+
+def test_summary_rejects_a_search_with_a_missing_turn():
+    rows = frame(search_rows("a", 0, [True, True, True], [True, True, True])).filter(pl.col("turn") != 2)
+    with pytest.raises(EvaluationError, match="a search 0 has turns \\[1, 3\\]"):
+        summarize(rows)
+
+
+def test_summary_rejects_mixed_n():
+    rows = frame(search_rows("a", 0, [True], [True], n=1), search_rows("b", 0, [True], [True], n=2))
+    with pytest.raises(EvaluationError, match="rows mix n values \\[1, 2\\]"):
+        summarize(rows)
+
+
+def test_summary_rejects_uneven_searches():
+    rows = frame(search_rows("a", 0, [True], [True]), search_rows("a", 1, [True], [True]),
+                 search_rows("b", 0, [True], [True]))
+    with pytest.raises(EvaluationError, match="differ in searches"):
+        summarize(rows)
+
+
+def test_summary_of_nothing_is_an_error():
+    with pytest.raises(EvaluationError, match="no evaluation rows"):
+        summarize(pl.DataFrame(schema=ROW_SCHEMA))
+
+
+# --- the batched search: scripted engine, real local sandbox --------------------------------------
+
+from mucode.engines import SamplingParams  # noqa: E402
+from mucode.engines.base import Engine  # noqa: E402
+from mucode.prompts import first_user_message  # noqa: E402
+from mucode.tasks.evaluate import run_search  # noqa: E402
+
+PRIVATE_MARKER = "assert add(123456, 1) == 123457"
+
+
+def fenced(code: str) -> str:
+    return f"Here you go:\n```python\n{code}\n```"
+
+
+WRONG_ADD = fenced("def add(a, b):\n    return a - b")
+HARDCODED_ADD = fenced("def add(a, b):\n    return 3")  # passes the public test only
+RIGHT_ADD = fenced("def add(a, b):\n    return a + b")
+RIGHT_NEG = fenced("def neg(x):\n    return -x")
+CRASHING_NEG = fenced("def neg(x):\n    raise ValueError('boom')")
+
+# task -> per turn -> the answers handed out to samples 0, 1, ... (cycled)
+SCRIPT = {
+    "add": [[WRONG_ADD, HARDCODED_ADD], [RIGHT_ADD, WRONG_ADD]],
+    "neg": [[CRASHING_NEG, CRASHING_NEG], [CRASHING_NEG, RIGHT_NEG]],
+}
+
+
+def problems_frame() -> pl.DataFrame:
+    return pl.DataFrame([
+        {"task_id": "add", "dataset": "mbpp", "prompt": "Write add(a, b) returning the sum.",
+         "public_tests": "assert add(1, 2) == 3",
+         "private_tests": f"assert add(1, 2) == 3\nassert add(-1, 1) == 0\n{PRIVATE_MARKER}"},
+        {"task_id": "neg", "dataset": "mbpp", "prompt": "Write neg(x) returning minus x.",
+         "public_tests": "assert neg(2) == -2", "private_tests": "assert neg(2) == -2\nassert neg(-7) == 7"},
+    ])
+
+
+class ScriptedEngine(Engine):
+    """Answers from SCRIPT by task (read from the first message) and turn; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[list[dict]], int]] = []
+
+    def generate(self, conversations, n, sampling):
+        self.calls.append((conversations, n))
+        replies = []
+        for conversation in conversations:
+            task = "add" if "add(a, b)" in conversation[0]["content"] else "neg"
+            turns_so_far = sum(m["role"] == "assistant" for m in conversation)
+            answers = SCRIPT[task][min(turns_so_far, len(SCRIPT[task]) - 1)]  # later turns repeat the last
+            replies.append([answers[j % len(answers)] for j in range(n)])
+        return replies
+
+    def close(self):
+        pass
+
+
+class CountingSandbox:
+    """The real sandbox, counting its batches."""
+
+    def __init__(self, sandbox):
+        self.sandbox, self.batches = sandbox, []
+
+    def run(self, programs):
+        self.batches.append(len(programs))
+        return self.sandbox.run(programs)
+
+
+class LengthScorer:
+    """A verifier stand-in: prefers longer answers; records its inputs."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def score(self, prompts, answers):
+        self.inputs.append((list(prompts), list(answers)))
+        return [float(len(answer)) for answer in answers]
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from mucode.sandbox import make_sandbox
+
+    with make_sandbox("local", workers=2, timeout_s=5.0) as real:
+        yield real
+
+
+def search(sandbox, selection="pt", scorer=None, n=2, turns=2, searches=3, seed=0, engine=None):
+    return run_search(problems_frame(), engine or ScriptedEngine(), sandbox, scorer, n=n, turns=turns,
+                      searches=searches, selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=seed)
+
+
+def test_search_rows_have_the_contract_schema_and_one_row_per_problem_search_turn(sandbox):
+    rows = search(sandbox)
+    assert rows.schema == pl.Schema(ROW_SCHEMA)
+    assert rows.height == 2 * 3 * 2
+    assert sorted(rows.select("task_id", "search_id", "turn").rows()) == [
+        (task, s, t) for task in ("add", "neg") for s in range(3) for t in (1, 2)]
+    assert set(rows["n"]) == {2} and set(rows["selection"]) == {"pt"}
+
+
+def test_every_turn_is_one_generate_call_and_one_sandbox_batch_for_all_searches(sandbox):
+    engine, counting = ScriptedEngine(), CountingSandbox(sandbox)
+    search(counting, engine=engine, turns=3, searches=3)
+    assert [(len(conversations), n) for conversations, n in engine.calls] == [(6, 2)] * 3
+    assert len(counting.batches) == 3
+    # Duplicate programs are run once: at most 2 distinct answers x 2 test suites per task.
+    assert all(batch <= 2 * 2 * 2 for batch in counting.batches)
+
+
+def test_pt_submits_the_first_public_pass_and_bon_counts_its_private_failure(sandbox):
+    rows = search(sandbox).filter(pl.col("task_id") == "add").sort("search_id", "turn")
+    turn1 = rows.filter(pl.col("turn") == 1)
+    assert turn1["selected"].to_list() == [1, 1, 1]  # the hard-coded answer, the only public pass
+    assert turn1["public_passed"].all() and not turn1["private_passed"].any()
+    assert turn1["num_public_passing_candidates"].to_list() == [1, 1, 1]
+    turn2 = rows.filter(pl.col("turn") == 2)
+    assert turn2["code"].to_list() == ["def add(a, b):\n    return a + b"] * 3
+    assert turn2["private_passed"].all()
+    summary = summarize(search(sandbox))
+    # add: submitted at turn 1 and wrong -> BoN failure although turn 2 is right; neg: right at turn 2.
+    assert summary["bon@2"] == pytest.approx(0.5)
+    assert summary["solved@2"] == pytest.approx(1.0)
+    assert summary["bon@1"] == 0.0 and summary["public@1"] == pytest.approx(0.5)
+
+
+def test_feedback_of_the_selected_answer_is_appended_and_private_tests_stay_hidden(sandbox):
+    engine = ScriptedEngine()
+    search(sandbox, engine=engine)
+    second_turn = engine.calls[1][0]
+    add_conversation, neg_conversation = second_turn[0], second_turn[3]
+    assert [m["role"] for m in add_conversation] == ["user", "assistant", "user"]
+    assert add_conversation[1]["content"] == HARDCODED_ADD
+    assert add_conversation[2]["content"] == "Feedback: All public tests passed."
+    assert neg_conversation[2]["content"].startswith("Feedback: ")
+    assert "ValueError: boom" in neg_conversation[2]["content"]
+    assert add_conversation[0]["content"] == first_user_message(
+        "Write add(a, b) returning the sum.", "assert add(1, 2) == 3")
+    every_message = [m["content"] for conversations, _ in engine.calls for c in conversations for m in c]
+    assert not any(PRIVATE_MARKER in text or "neg(-7)" in text for text in every_message)
+
+
+def test_lv_follows_the_verifier_and_records_its_scores(sandbox):
+    scorer = LengthScorer()
+    rows = search(sandbox, selection="lv", scorer=scorer, searches=1)
+    turn1 = rows.filter(pl.col("turn") == 1).sort("task_id")
+    longer = max(range(2), key=lambda j: (len(SCRIPT["add"][0][j]), -j))
+    assert longer == 0  # WRONG_ADD: the verifier overrules the public tests under lv
+    assert turn1["selected"].to_list()[0] == longer
+    assert turn1["verifier_score"].to_list()[0] == float(len(SCRIPT["add"][0][longer]))
+    prompts, answers = scorer.inputs[0]
+    assert prompts[0] == first_user_message("Write add(a, b) returning the sum.", "assert add(1, 2) == 3")
+    assert answers[:2] == SCRIPT["add"][0]
+
+
+def test_pt_plus_lv_prefers_public_passes_over_longer_answers(sandbox):
+    rows = search(sandbox, selection="pt+lv", scorer=LengthScorer(), searches=1)
+    add_turn1 = rows.filter((pl.col("task_id") == "add") & (pl.col("turn") == 1))
+    assert add_turn1["selected"].item() == 1 and add_turn1["public_passed"].item()
+
+
+def test_random_selection_is_seeded(sandbox):
+    first = search(sandbox, selection="random", searches=4, turns=2, seed=5)
+    again = search(sandbox, selection="random", searches=4, turns=2, seed=5)
+    assert first.equals(again)
+    picks = {tuple(search(sandbox, selection="random", searches=4, seed=s)["selected"]) for s in range(4)}
+    assert len(picks) > 1
+
+
+def test_without_a_scorer_scores_are_nan(sandbox):
+    assert search(sandbox, selection="pt")["verifier_score"].is_nan().all()
+
+
+def test_a_verifier_rule_without_a_verifier_fails_before_generating(sandbox):
+    engine = ScriptedEngine()
+    with pytest.raises(EvaluationError, match="selection pt\\+lv needs --verifier; use pt for a base model"):
+        search(sandbox, selection="pt+lv", engine=engine)
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n": 0}, "--n must be >= 1"), ({"turns": 0}, "--turns must be >= 1"), ({"searches": 0}, "--searches must be >= 1")])
+def test_sizes_below_one_are_rejected(sandbox, change, message):
+    with pytest.raises(EvaluationError, match=message):
+        search(sandbox, **change)
+
+
+def test_problems_without_tests_are_rejected(sandbox):
+    with pytest.raises(EvaluationError, match="lacks columns \\['private_tests'\\]"):
+        run_search(problems_frame().drop("private_tests"), ScriptedEngine(), sandbox, None, n=1, turns=1,
+                   searches=1, selection="pt", sampling=SamplingParams(), seed=0)
+
+
+# --- end to end on CPU: the bundled model, real HumanEval problems ---------------------------------
+
+BUNDLED = "bundled:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def untrained_verifier(tmp_path_factory) -> str:
+    """A verifier directory with an untrained one-logit head on the bundled model: enough to
+    exercise the lv / pt+lv code paths, not to rank answers well."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mucode.models import resolve_model
+
+    base = resolve_model(BUNDLED)
+    out = tmp_path_factory.mktemp("verifier")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def tiny_config(**evaluation):
+    from mucode.config import parse_config
+
+    return parse_config({
+        "engine": {"kind": "hf", "batch_size": 8},
+        "sandbox": {"backend": "local", "workers": 2, "timeout_s": 5.0},
+        "verifier": {"batch_size": 8, "max_length": 512},
+        "evaluation": {"n": 2, "turns": 2, "searches": 1, "selection": "pt",
+                       "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 64}, **evaluation},
+    })
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.slow
+def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrained_verifier):
+    from mucode.data import load_problems
+    from mucode.engines import make_engine
+    from mucode.models import resolve_model
+    from mucode.report import EvaluationSummary, build_report, save_evaluation
+    from mucode.sandbox import make_sandbox
+    from mucode.tasks.verifier import VerifierScorer
+
+    problems = load_problems("humaneval", "test", limit=2)
+    scorer = VerifierScorer(untrained_verifier, batch_size=8, max_length=512)
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=64, seed=0)
+    with make_engine("hf", resolve_model(BUNDLED), batch_size=8) as engine, \
+            make_sandbox("local", workers=2, timeout_s=5.0) as real_sandbox:
+        for rule in ("random", "lv", "pt", "pt+lv"):
+            rows = run_search(problems, engine, real_sandbox, scorer if rule in ("lv", "pt+lv") else None,
+                              n=2, turns=2, searches=1, selection=rule, sampling=sampling, seed=0)
+            assert rows.height == 2 * 1 * 2 and set(rows["selection"]) == {rule}
+            assert rows["response"].str.len_chars().min() > 0
+            assert rows["selected"].is_between(0, 1).all()
+            assert rows["num_public_passing_candidates"].is_between(0, 2).all()
+            scores = rows["verifier_score"]
+            assert (scores.is_finite().all() if rule in ("lv", "pt+lv") else scores.is_nan().all())
+            summary = summarize(rows)
+            assert summary["problems"] == 2 and 0.0 <= summary["bon@2"] <= summary["solved@2"] + 0.5
+            save_evaluation(tmp_path / "eval" / rule, rows, EvaluationSummary(
+                method="SmolLM2-135M", dataset="humaneval", n=2, selection=rule, turns=2, searches=1,
+                metrics=summary))
+    text = build_report(tmp_path).read_text()
+    for rule in ("random", "lv", "pt", "pt+lv"):
+        assert f"SmolLM2-135M, N=2 ({rule}) on HumanEval" in text
+    assert png_size(tmp_path / "bon_at_t.png") == (550, 440)
+
+
+@pytest.mark.slow
+def test_evaluate_to_dir_writes_rows_summary_report_and_scaling(tmp_path, untrained_verifier):
+    from mucode.tasks.evaluate import evaluate_to_dir
+
+    out = tmp_path / "out"
+    returned = evaluate_to_dir(tiny_config(), generator=BUNDLED, verifier=untrained_verifier, dataset="humaneval",
+                               selection="pt+lv", n=2, turns=2, searches=1, limit=2, scaling_ns=[1, 2],
+                               method="Multi-turn Instruct", out=out, progress=False)
+    rows = pl.read_parquet(out / "rows.parquet")
+    assert rows.height == 2 * 2 and set(rows["n"]) == {2}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == pytest.approx(returned) and summary["n"] == 2
+    assert {"bon@1", "bon@2", "pass@1", "single_turn_pass@1", "bon@2.ci_low"} <= set(summary)
+    assert pl.read_parquet(out / "scaling" / "n1" / "rows.parquet")["n"].unique().to_list() == [1]
+    assert not (out / "scaling" / "n2").exists()  # the main run is N=2 already
+    report = (out / "report.md").read_text()
+    assert "| Multi-turn Instruct | 1 | 2 |" in report and "| + BoN (pt+lv) | 2 | 2 |" in report
+    for image in ("bon_at_t.png", "scaling.png"):
+        width, height = png_size(out / image)
+        assert (width, height) == (550, 440) and (out / image).stat().st_size > 10_000
+
+
+def test_evaluate_to_dir_needs_a_verifier_for_lv_before_loading_anything(tmp_path):
+    from mucode.tasks.evaluate import evaluate_to_dir
+
+    with pytest.raises(EvaluationError) as error:
+        evaluate_to_dir(tiny_config(), generator="does-not-exist/anywhere", dataset="humaneval", selection="pt+lv",
+                        out=tmp_path)
+    assert str(error.value) == "selection pt+lv needs --verifier; use pt for a base model"
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,382 @@
+"""The flows: resume after a real kill, `prefect flow-run retry`, and cached smoke re-runs.
+
+Flows that must survive a process run in subprocesses against a real `prefect server start`
+(scripts/prefect-server.sh, on a free port, with a private PREFECT_HOME); results persist
+in that PREFECT_HOME, so a second process finds the first one's cache. The toy stages
+below prove the mechanism; the smoke tests run the real stages of tasks/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from prefect import flow
+
+from mucode.artifacts import Artifact, ArtifactStore
+from mucode.config import Config, apply_overrides, parse_config
+from mucode.orchestration import experiment_root, stage_task
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+
+# -- a real server for the whole module ------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_env(home: Path, port: int) -> dict[str, str]:
+    return {**os.environ, "PREFECT_HOME": str(home), "MUCODE_PREFECT_PORT": str(port),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+            "PREFECT_WORKER_QUERY_SECONDS": "2"}  # the worker picks up triggered runs quickly
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`scripts/prefect-server.sh start` on a free port; yields the environment that reaches it.
+
+    MUCODE_TEST_PREFECT_PORT picks the port instead; a server already answering there is
+    reused (the script is idempotent) and only the worker is started and stopped.
+    """
+    port = int(os.environ.get("MUCODE_TEST_PREFECT_PORT") or free_port())
+    env = server_env(tmp_path_factory.mktemp("prefect-home"), port)
+    script = str(REPO / "scripts" / "prefect-server.sh")
+    started = time.perf_counter()
+    subprocess.run([script, "start"], env=env, check=True, capture_output=True, text=True, timeout=180)
+    print(f"prefect-server.sh start: {time.perf_counter() - started:.1f} s")
+    try:
+        yield env
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
+
+
+def run_python(code: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter in the repository, with the tests importable."""
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    return subprocess.run([PYTHON, "-c", prelude + code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_json_line(output: str) -> dict:
+    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+
+
+def task_run_states(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
+    """Task run name → state name of one flow run, read from the server."""
+    code = f"""
+import json
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+from prefect.client.schemas.sorting import TaskRunSort
+with get_client(sync_client=True) as client:
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[{flow_run_id!r}])),
+                                 task_run_filter=TaskRunFilter(), limit=200, offset=0,
+                                 sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+print(json.dumps({{run.name: run.state.name for run in runs}}))
+"""
+    done = run_python(code, env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return last_json_line(done.stdout)
+
+
+# -- toy stages: each logs its calls in the experiment directory -----------------------------
+
+def _log_call(root: str, stage: str) -> None:
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / f"calls-{stage}.log", "a") as log:
+        log.write(f"{os.getpid()}\n")
+
+
+def calls(root: str, stage: str) -> int:
+    log = Path(root) / f"calls-{stage}.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def toy_rollout(cfg, root: str, iteration: int) -> Artifact:
+    _log_call(root, "rollout")
+    frame = pl.DataFrame({"task_id": ["a", "b", "c"], "iteration": [iteration] * 3})
+    return ArtifactStore(root).put_frame(frame, stage="rollout")
+
+
+def toy_verifier(cfg, root: str, aggregated: Artifact) -> Artifact:
+    _log_call(root, "verifier")
+    store = ArtifactStore(root)
+    scored = store.get_frame(aggregated).with_columns(pl.lit(0.5).alias("score"))
+    return store.put_frame(scored, stage="verifier", inputs=[aggregated.hash])
+
+
+def toy_finetune(cfg, root: str, sft: Artifact) -> Artifact:
+    _log_call(root, "finetune")
+    (Path(root) / "finetune-started").touch()
+    hang = Path(root) / "hang-finetune"
+    while hang.exists():  # the kill test holds the stage here until it kills the process
+        time.sleep(0.1)
+    store = ArtifactStore(root)
+    folder = Path(root) / "scratch-generator"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.safetensors").write_bytes(bytes(store.get_frame(sft).height) * 100)
+    return store.put_dir(folder, stage="finetune", inputs=[sft.hash])
+
+
+def toy_flaky(cfg, root: str, source: Artifact) -> Artifact:
+    _log_call(root, "flaky")
+    if (Path(root) / "broken").exists():
+        raise RuntimeError("toy stage failure (the file 'broken' exists)")
+    return ArtifactStore(root).put_frame(pl.DataFrame({"ok": [True]}), stage="flaky", inputs=[source.hash])
+
+
+toy_rollout_task = stage_task(toy_rollout, name="rollout", sections=("rollout",))
+toy_verifier_task = stage_task(toy_verifier, name="verifier", sections=("verifier",), gpu=True)
+toy_finetune_task = stage_task(toy_finetune, name="finetune", sections=("finetune",), gpu=True)
+toy_flaky_task = stage_task(toy_flaky, name="flaky", sections=())
+
+
+def toy_config(run_dir: str) -> Config:
+    return parse_config(apply_overrides({"run_dir": run_dir, "name": "toy"}, {}))
+
+
+@flow(name="toy-iteration")
+def toy_iteration(run_dir: str) -> dict[str, str]:
+    cfg = toy_config(run_dir)
+    root = experiment_root(cfg)
+    rollouts = toy_rollout_task(cfg, root, iteration=1, return_state=True)
+    verifier = toy_verifier_task(cfg, root, aggregated=rollouts.result(), return_state=True)
+    generator = toy_finetune_task(cfg, root, sft=verifier.result(), return_state=True)
+    return {"rollout": rollouts.name, "verifier": verifier.name, "finetune": generator.name}
+
+
+@flow(name="toy-flaky")
+def toy_flaky_pipeline(run_dir: str) -> None:
+    cfg = toy_config(run_dir)
+    root = experiment_root(cfg)
+    toy_flaky_task(cfg, root, source=toy_rollout_task(cfg, root, iteration=1))  # a failure fails the flow
+
+
+RUN_TOY_ITERATION = """
+import json, test_flows
+print(json.dumps(test_flows.toy_iteration(run_dir={run_dir!r})))
+"""
+
+
+# -- the experiment state file --------------------------------------------------------------
+
+def _record(store: ArtifactStore, iteration: int, seed: int):
+    from mucode.flows.experiment import IterationRecord
+
+    artifact = store.put_frame(pl.DataFrame({"seed": [seed]}), stage="any")
+    return IterationRecord(iteration=iteration, problems=artifact, aggregated=artifact, verifier=artifact,
+                           sft=artifact, generator=artifact, config_digest="c")
+
+
+def test_state_file_records_iterations_atomically(tmp_path):
+    from mucode.flows.experiment import latest_iteration, read_iterations, record_iteration
+
+    store = ArtifactStore(tmp_path)
+    assert latest_iteration(str(tmp_path)) is None
+    for iteration in (1, 2, 3):
+        record_iteration(str(tmp_path), _record(store, iteration, seed=iteration))
+    assert [record.iteration for record in read_iterations(str(tmp_path))] == [1, 2, 3]
+    assert latest_iteration(str(tmp_path)).generator == _record(store, 3, seed=3).generator
+    assert latest_iteration(str(tmp_path)).completed  # stamped when recorded
+    assert not list(tmp_path.glob(".tmp-*"))  # written beside, then renamed over
+    # Re-recording iteration 1 with the same data (a cached re-run) keeps what built on it...
+    record_iteration(str(tmp_path), _record(store, 1, seed=1))
+    assert [record.iteration for record in read_iterations(str(tmp_path))] == [1, 2, 3]
+    # ...with different data it drops iterations 2 and 3: they continued the old one.
+    record_iteration(str(tmp_path), _record(store, 1, seed=99))
+    assert [record.iteration for record in read_iterations(str(tmp_path))] == [1]
+
+
+def test_unreadable_state_file_is_one_clear_error(tmp_path):
+    from mucode.flows.experiment import read_iterations
+
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"state.json is unreadable .*delete it and re-run mucode-train"):
+        read_iterations(str(tmp_path))
+
+
+# -- toy flows in real processes -----------------------------------------------------------
+
+@pytest.mark.server
+def test_killed_run_resumes_from_the_killed_stage(prefect_server, tmp_path):
+    root = experiment_root(toy_config(str(tmp_path)))
+    Path(root).mkdir(parents=True)
+    (Path(root) / "hang-finetune").touch()
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    process = subprocess.Popen([PYTHON, "-c", prelude + RUN_TOY_ITERATION.format(run_dir=str(tmp_path))],
+                               env=prefect_server, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (Path(root) / "finetune-started").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the flow never reached finetune"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert [calls(root, stage) for stage in ("rollout", "verifier", "finetune")] == [1, 1, 1]
+
+    (Path(root) / "hang-finetune").unlink()
+    started = time.perf_counter()
+    resumed = run_python(RUN_TOY_ITERATION.format(run_dir=str(tmp_path)), prefect_server)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    print(f"resume after kill: {time.perf_counter() - started:.1f} s")
+    assert last_json_line(resumed.stdout) == {"rollout": "Cached", "verifier": "Cached", "finetune": "Completed"}
+    assert [calls(root, stage) for stage in ("rollout", "verifier", "finetune")] == [1, 1, 2]
+
+    # A deleted artifact is recomputed; its content is unchanged, so what follows stays cached.
+    verifier_artifact = next(Path(root, "artifacts", "verifier").glob("*.parquet"))
+    verifier_artifact.unlink()
+    again = run_python(RUN_TOY_ITERATION.format(run_dir=str(tmp_path)), prefect_server)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert last_json_line(again.stdout) == {"rollout": "Cached", "verifier": "Completed", "finetune": "Cached"}
+    assert verifier_artifact.exists()
+
+
+@pytest.mark.server
+def test_flow_run_retry_recomputes_only_the_failed_stage(prefect_server, tmp_path):
+    root = experiment_root(toy_config(str(tmp_path)))
+    Path(root).mkdir(parents=True)
+    (Path(root) / "broken").touch()
+    failed = run_python(f"""
+import json, test_flows
+state = test_flows.toy_flaky_pipeline(run_dir={str(tmp_path)!r}, return_state=True)
+print(json.dumps({{"id": str(state.state_details.flow_run_id), "state": state.name}}))
+""", prefect_server)
+    outcome = last_json_line(failed.stdout)
+    assert outcome["state"] == "Failed" and calls(root, "flaky") == 1
+
+    (Path(root) / "broken").unlink()
+    retry = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "flow-run", "retry", outcome["id"],
+                            "--entrypoint", "tests/test_flows.py:toy_flaky_pipeline"],
+                           env=prefect_server, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert retry.returncode == 0, (retry.stdout + retry.stderr)[-3000:]
+    assert [calls(root, "rollout"), calls(root, "flaky")] == [1, 2]
+    # The retry re-ran the same flow run: its task runs now end Cached (rollout) and Completed (flaky).
+    assert task_run_states(prefect_server, outcome["id"]) == {"rollout-1": "Cached", "flaky": "Completed"}
+
+
+# -- the real stages ----------------------------------------------------------------------------
+
+SMOKE = "configs/smoke.yaml"
+
+
+def smoke_overrides(run_dir: Path) -> list[str]:
+    # smoke.yaml's BT loss finds no (passing, failing) pair among 6 problems (VerifierInputError).
+    return [f"run_dir={run_dir}", "verifier.loss=bce"]
+
+
+def test_train_command_rejects_a_bad_config_in_one_line(tmp_path):
+    command = [PYTHON, "-m", "mucode.flows.train", "--config", SMOKE, "--override", "rollout.num_rolouts=2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: configs/smoke.yaml: unknown key 'rollout.num_rolouts': remove it or check its spelling "
+        "against mucode/config.py"]
+
+
+@pytest.mark.slow
+def test_smoke_train_rerun_is_all_cache_hits(tmp_path):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from mucode.flows.train import mucode_train
+
+    with prefect_test_harness(), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        started = time.perf_counter()
+        first = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
+        first_s = time.perf_counter() - started
+        started = time.perf_counter()
+        second = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
+        second_s = time.perf_counter() - started
+        assert first.is_completed() and second.is_completed()
+        assert Path(first.result()).is_file() and second.result() == first.result()
+        states = _task_run_states_here(second.state_details.flow_run_id)
+    print(f"smoke mucode-train: first run {first_s:.1f} s, cached re-run {second_s:.1f} s; re-run states {states}")
+    stages = {name.split("-")[0] for name in states}
+    assert {"problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate",
+            "report"} <= stages
+    assert set(states.values()) == {"Cached"}
+
+
+def _task_run_states_here(flow_run_id) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     task_run_filter=TaskRunFilter(), limit=200, offset=0,
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    return {run.name: run.state.name for run in runs}
+
+
+RUN_SMOKE_ITERATION = """
+import json
+from mucode.flows.iteration import mucode_iteration
+state = mucode_iteration(config={config!r}, overrides={overrides!r}, return_state=True)
+print(json.dumps({{"id": str(state.state_details.flow_run_id), "state": state.name}}))
+"""
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_verifier(prefect_server, tmp_path):
+    code = RUN_SMOKE_ITERATION.format(config=SMOKE, overrides=smoke_overrides(tmp_path))
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    started = time.perf_counter()
+    process = subprocess.Popen([PYTHON, "-c", prelude + code], env=prefect_server, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    killed_id = _wait_for_running_task(prefect_server, process, "finetune", timeout=1800)
+    print(f"smoke iteration reached finetune after {time.perf_counter() - started:.1f} s: killing it")
+    os.killpg(process.pid, signal.SIGKILL)  # the flow process and any stage subprocess it started
+    process.wait(timeout=30)
+    assert task_run_states(prefect_server, killed_id)["finetune"] == "Running"  # nobody told the server
+
+    started = time.perf_counter()
+    resumed = run_python(code, prefect_server, timeout=3600)
+    resumed_s = time.perf_counter() - started
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    outcome = last_json_line(resumed.stdout)
+    states = task_run_states(prefect_server, outcome["id"])
+    print(f"smoke iteration resumed in {resumed_s:.1f} s; task runs {states}")
+    assert outcome["state"] == "Completed"
+    assert states == {"problems-mbpp": "Cached", "rollout-1": "Cached", "execute": "Cached", "aggregate-1": "Cached",
+                      "verifier": "Cached", "relabel": "Cached", "finetune": "Completed"}
+
+
+def _wait_for_running_task(env: dict[str, str], process: subprocess.Popen, task_name: str, timeout: float) -> str:
+    """Poll the server until a task run named task_name* is Running; returns its flow run id."""
+    code = f"""
+import json
+from prefect import get_client
+from prefect.client.schemas.filters import (FlowRunFilter, TaskRunFilter, TaskRunFilterName, TaskRunFilterState,
+                                            TaskRunFilterStateName)
+from prefect.client.schemas.sorting import TaskRunSort
+with get_client(sync_client=True) as client:
+    runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_={task_name!r}),
+                                 state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Running"]))),
+                                 flow_run_filter=FlowRunFilter(), limit=10, offset=0,
+                                 sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+print(json.dumps({{"ids": [str(run.flow_run_id) for run in runs]}}))
+"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the flow ended before reaching " + task_name
+        found = run_python(code, env, timeout=60)
+        if found.returncode == 0 and last_json_line(found.stdout)["ids"]:
+            return last_json_line(found.stdout)["ids"][0]
+        time.sleep(2)
+    raise AssertionError(f"no {task_name} task run started within {timeout} s")
