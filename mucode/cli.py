@@ -24,27 +24,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is already one actionable line."""
-    from mucode.artifacts import ArtifactError
-    from mucode.config import ConfigError
-
-    known: list[type[BaseException]] = [ConfigError, ArtifactError, FileNotFoundError]
-    for module, name in [("mucode.data", "DatasetError"), ("mucode.models", "ModelNotFoundError"),
-                         ("mucode.sandbox", "SandboxError"), ("mucode.engines", "EngineError"),
-                         ("mucode.tasks", "UnknownStageError"), ("mucode.tasks.rollout", "RolloutInputError"),
-                         ("mucode.tasks.execute", "ExecuteInputError")]:
-        try:
-            known.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(known)
+def _is_user_error(error: BaseException) -> bool:
+    """mucode's own errors (and missing files) already say in one line what is wrong and how to fix it."""
+    return isinstance(error, FileNotFoundError) or type(error).__module__.startswith("mucode.")
 
 
 def _run(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
-    except _known_errors() as error:
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
         _fail(str(error))
 
 
@@ -172,18 +162,22 @@ def evaluate(config: Path = typer.Option(..., help="YAML config"),
              dataset: str = typer.Option(..., help="humaneval or mbpp (test split)"),
              out: Path = typer.Option(..., help="output directory"),
              verifier: Optional[str] = typer.Option(None, help="verifier model directory"),
-             selection: str = typer.Option("pt+lv", help="random, lv, pt or pt+lv"),
-             n: int = typer.Option(5, help="candidates per turn"),
-             turns: int = typer.Option(3, help="turns per search"),
+             selection: Optional[str] = typer.Option(None, help="random, lv, pt or pt+lv (default: the config's)"),
+             n: Optional[int] = typer.Option(None, help="candidates per turn (default: the config's)"),
+             turns: Optional[int] = typer.Option(None, help="turns per search (default: the config's)"),
              searches: Optional[int] = typer.Option(None, help="independent searches per problem"),
-             limit: Optional[int] = typer.Option(None, help="first N problems")):
+             limit: Optional[int] = typer.Option(None, help="first N problems"),
+             scaling_n: list[int] = typer.Option([], help="also run at this N, for the scaling plot (repeatable)"),
+             temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
+             method: Optional[str] = typer.Option(None, help="name of the method in the report")):
     """Multi-turn Best-of-N evaluation; writes rows.parquet, summary.json and report.md."""
     from mucode.config import load_config
     from mucode.tasks.evaluate import evaluate_to_dir
 
     cfg = _run(load_config, config)
     summary = _run(evaluate_to_dir, cfg, generator=generator, verifier=verifier, dataset=dataset, out=out,
-                   selection=selection, n=n, turns=turns, searches=searches, limit=limit)
+                   selection=selection, n=n, turns=turns, searches=searches, limit=limit,
+                   scaling_ns=scaling_n, temperature=temperature, method=method)
     for key, value in summary.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 

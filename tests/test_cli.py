@@ -1,0 +1,32 @@
+"""The command line turns bad input into one line on stderr and exit code 2."""
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from mucode.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["data", "mbpp", "--split", "train", "--out", "x.parquet", "--data-dir", "/nonexistent"], "/nonexistent does not exist"),
+    (["rollout", "--config", "configs/nope.yaml", "--out", "r.parquet"], "config file configs/nope.yaml does not exist"),
+    (["model", "/no/such/model"], "model path /no/such/model does not exist"),
+    (["evaluate", "--config", "configs/smoke.yaml", "--generator", "g", "--dataset", "humaneval", "--out", "o",
+      "--selection", "pt+lv"], "selection pt+lv needs --verifier"),
+    (["stage", "nope", "--config", "configs/smoke.yaml"], "unknown stage 'nope'"),
+])
+def test_bad_input_is_one_line(arguments, expected):
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.output
+
+
+def test_data_command_writes_problems(tmp_path, data_dir):
+    out = tmp_path / "problems.parquet"
+    result = runner.invoke(app, ["data", "mbpp", "--split", "test", "--out", str(out), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    frame = pl.read_parquet(out)
+    assert frame.height == 500 and frame["task_id"][0] == "mbpp/11"
