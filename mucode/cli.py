@@ -144,7 +144,7 @@ def _stage(name: str, config: Path, artifacts: list[str], options: list[str], ov
 
     from mucode.artifacts import ArtifactStore
     from mucode.config import load_config
-    from mucode.resources import experiment_root
+    from mucode.orchestration import experiment_root
     from mucode.tasks import stage_function
 
     cfg = load_config(config, overrides)

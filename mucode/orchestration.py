@@ -37,7 +37,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
-from mucode.artifacts import HASH_CHARS, Artifact, ArtifactStore
+from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config
 
 StageFunction = Callable[..., Any]
@@ -55,10 +55,7 @@ def experiment_root(cfg: Config) -> str:
 
 def artifact_at(path: str, root: str) -> Artifact:
     """The reference to a stored artifact, rebuilt from the manifest beside it (one-line error if absent)."""
-    path = path if "://" in path else str(Path(path).resolve())
-    manifest = ArtifactStore(root).manifest(path)
-    return Artifact(hash=manifest["sha256"][:HASH_CHARS], path=path, kind=manifest["kind"],
-                    stage=manifest["stage"], rows=manifest.get("rows"))
+    return ArtifactStore(root).ref(path if "://" in path else str(Path(path).resolve()))
 
 
 # -- cache keys ---------------------------------------------------------------------------

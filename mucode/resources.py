@@ -44,6 +44,3 @@ def sampling_params(sampling: SamplingConfig, seed: int):
     return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                           max_new_tokens=sampling.max_new_tokens, seed=seed)
 
-
-def experiment_root(cfg: Config) -> str:
-    return f"{cfg.run_dir.rstrip('/')}/{cfg.name}"
