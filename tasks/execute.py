@@ -9,7 +9,9 @@ backend without regenerating, and a program whose verdict changes between the tw
 
 from __future__ import annotations
 
-from mucode.orchestration import stage_task
+import functools
+
+from mucode.orchestration import run_batches, stage_task
 
 import polars as pl
 
@@ -69,6 +71,25 @@ def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs)
     return labelled.with_columns((pl.col("oracle_passed") != pl.col("private_passed")).alias("label_mismatch"))
 
 
+EXEC_BATCH = 64  # programs per Dask task: enough to amortise one sandbox start
+
+
+def run_in_sandbox(programs, *, backend, workers, timeout_s, memory_mb):
+    """One batch in a fresh sandbox: what a Dask worker runs (module level, so picklable)."""
+    from mucode.sandbox import make_sandbox
+
+    with make_sandbox(backend, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb) as sandbox:
+        return sandbox.run(programs)
+
+
+def run_on_cluster(cfg, programs):
+    """Verdicts for `programs`, in batches on the Dask cluster at `cfg.compute.dask_address`."""
+    judge = functools.partial(run_in_sandbox, backend=cfg.sandbox.backend, workers=cfg.sandbox.workers,
+                              timeout_s=cfg.sandbox.timeout_s, memory_mb=cfg.sandbox.memory_mb)
+    batches = [programs[i:i + EXEC_BATCH] for i in range(0, len(programs), EXEC_BATCH)]
+    return [verdict for batch in run_batches(judge, batches, cfg.compute.dask_address) for verdict in batch]
+
+
 def execute_stage(cfg, root: str, rollouts, problems):
     """Store-level stage: label stored rollouts against stored problems."""
     from mucode.artifacts import ArtifactStore
@@ -76,8 +97,11 @@ def execute_stage(cfg, root: str, rollouts, problems):
 
     store = ArtifactStore(root)
     frame, problem_frame = store.get_frame(rollouts), store.get_frame(problems)
-    with make_sandbox_from_config(cfg) as sandbox:
-        labelled = label_rollouts(frame, problem_frame, sandbox.run)
+    if cfg.compute.dask_address:
+        labelled = label_rollouts(frame, problem_frame, functools.partial(run_on_cluster, cfg))
+    else:
+        with make_sandbox_from_config(cfg) as sandbox:
+            labelled = label_rollouts(frame, problem_frame, sandbox.run)
     metrics = {"rows": labelled.height, "oracle_pass_rate": float(labelled["oracle_passed"].mean() or 0.0),
                "label_mismatches": int(labelled["label_mismatch"].sum())}
     return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest("sandbox"),

@@ -47,7 +47,7 @@ def flow_run_artifacts(flow_run_id) -> list:
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        # Every field explicitly: the server rejects the nulls the client sends for omitted ones.
+        # Every field explicitly: a server on FastAPI >= 0.151 rejects the nulls sent for omitted ones.
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
             flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=200, offset=0,

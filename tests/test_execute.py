@@ -52,3 +52,18 @@ def test_stdin_stdout_problems_run_inside_the_harness(sandbox):
     passed, failed = sandbox.run([right, wrong])
     assert passed.passed and not failed.passed
     assert "expected output is '5\\n' but the program printed '0\\n'" in failed.feedback
+
+
+@pytest.mark.slow
+def test_execute_on_a_dask_cluster_matches_in_process(sandbox):
+    from distributed import LocalCluster
+
+    from mucode.config import load_config
+    from mucode.tasks.execute import run_on_cluster
+
+    frame = rollouts([RIGHT, PUBLIC_ONLY, RIGHT], [True, False, True])
+    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        cfg = load_config("configs/smoke.yaml", {"compute.dask_address": cluster.scheduler_address,
+                                                 "sandbox.backend": "local"})
+        on_cluster = label_rollouts(frame, PROBLEMS, lambda programs: run_on_cluster(cfg, programs))
+    assert on_cluster.drop("exec_wall_s").equals(label_rollouts(frame, PROBLEMS, sandbox.run).drop("exec_wall_s"))

@@ -8,6 +8,7 @@ below prove the mechanism; the smoke tests run the real stages of tasks/.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -217,14 +218,16 @@ def test_killed_run_resumes_from_the_killed_stage(prefect_server, tmp_path):
     Path(root).mkdir(parents=True)
     (Path(root) / "hang-finetune").touch()
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    log = open(tmp_path / "killed-run.log", "w")  # a file, not a pipe nobody reads: it never fills up
     process = subprocess.Popen([PYTHON, "-c", prelude + RUN_TOY_ITERATION.format(run_dir=str(tmp_path))],
-                               env=prefect_server, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               env=prefect_server, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (Path(root) / "finetune-started").exists():
         assert process.poll() is None and time.monotonic() < deadline, "the flow never reached finetune"
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    log.close()
     assert process.returncode == -signal.SIGKILL
     assert [calls(root, stage) for stage in ("rollout", "verifier", "finetune")] == [1, 1, 1]
 
@@ -336,13 +339,16 @@ print(json.dumps({{"id": str(state.state_details.flow_run_id), "state": state.na
 def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_verifier(prefect_server, tmp_path):
     code = RUN_SMOKE_ITERATION.format(config=SMOKE, overrides=smoke_overrides(tmp_path))
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat()
     started = time.perf_counter()
-    process = subprocess.Popen([PYTHON, "-c", prelude + code], env=prefect_server, cwd=REPO, stdout=subprocess.PIPE,
+    log = open(tmp_path / "killed-run.log", "w")  # a file, not a pipe nobody reads: it never fills up
+    process = subprocess.Popen([PYTHON, "-c", prelude + code], env=prefect_server, cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
-    killed_id = _wait_for_running_task(prefect_server, process, "finetune", timeout=1800)
+    killed_id = _wait_for_running_task(prefect_server, process, "finetune", since, timeout=1800)
     print(f"smoke iteration reached finetune after {time.perf_counter() - started:.1f} s: killing it")
     os.killpg(process.pid, signal.SIGKILL)  # the flow process and any stage subprocess it started
     process.wait(timeout=30)
+    log.close()
     assert task_run_states(prefect_server, killed_id)["finetune"] == "Running"  # nobody told the server
 
     started = time.perf_counter()
@@ -357,17 +363,22 @@ def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_
                       "verifier": "Cached", "relabel": "Cached", "finetune": "Completed"}
 
 
-def _wait_for_running_task(env: dict[str, str], process: subprocess.Popen, task_name: str, timeout: float) -> str:
-    """Poll the server until a task run named task_name* is Running; returns its flow run id."""
+def _wait_for_running_task(env: dict[str, str], process: subprocess.Popen, task_name: str, since: str,
+                           timeout: float) -> str:
+    """Poll the server until a task run named task_name*, started after `since`, is Running; returns its flow run.
+
+    `since` leaves out task runs of earlier killed processes, which stay Running on the server.
+    """
     code = f"""
 import json
 from prefect import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, TaskRunFilter, TaskRunFilterName, TaskRunFilterState,
-                                            TaskRunFilterStateName)
+from prefect.client.schemas.filters import (FlowRunFilter, TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime,
+                                            TaskRunFilterState, TaskRunFilterStateName)
 from prefect.client.schemas.sorting import TaskRunSort
 with get_client(sync_client=True) as client:
     runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_={task_name!r}),
-                                 state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Running"]))),
+                                 state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Running"])),
+                                 start_time=TaskRunFilterStartTime(after_={since!r})),
                                  flow_run_filter=FlowRunFilter(), limit=10, offset=0,
                                  sort=TaskRunSort.EXPECTED_START_TIME_ASC)
 print(json.dumps({{"ids": [str(run.flow_run_id) for run in runs]}}))

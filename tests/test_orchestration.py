@@ -298,7 +298,7 @@ def test_stage_table_and_progress_artifacts(harness, tmp_path):
 
     state = run_counted(str(tmp_path), return_state=True)
     with get_client(sync_client=True) as client:
-        # Every field explicitly: this server (fastapi 0.154) rejects the nulls the client sends for omitted ones.
+        # Every field explicitly: a server on FastAPI >= 0.151 rejects the nulls sent for omitted ones.
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
             flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=200, offset=0,
