@@ -6,6 +6,7 @@ Timeouts, memory and early exits get fixed one-line messages. Everything is trim
 bound, keeping the head and the (more informative) tail. Does not decide the status.
 """
 
+import sys
 import traceback
 
 SOLUTION_FILE = "solution.py"
@@ -13,11 +14,29 @@ TESTS_FILE = "tests.py"
 NEUTRAL_ROOT = "/tmp"
 
 
-def _is_program_frame(filename: str, work_root: str) -> bool:
-    return filename in (SOLUTION_FILE, TESTS_FILE) or filename.startswith(work_root.rstrip("/") + "/")
+# Files of the modules loaded before the program ran (the harness's own, wherever the
+# checkout lives, even under the work root's path): their frames are never the program's.
+_harness_files = None
+
+
+def _loaded_module_files() -> frozenset:
+    return frozenset(filter(None, (getattr(module, "__file__", None) for module in list(sys.modules.values()))))
+
+
+def remember_harness_modules() -> None:
+    """Call just before running untrusted code: what is loaded now belongs to the harness."""
+    global _harness_files
+    _harness_files = _loaded_module_files()
+
+
+def _is_program_frame(filename: str, work_root: str, harness_files: frozenset) -> bool:
+    if filename in (SOLUTION_FILE, TESTS_FILE):
+        return True
+    return filename.startswith(work_root.rstrip("/") + "/") and filename not in harness_files
 
 
 def _keep_program_frames(report: traceback.TracebackException, work_root: str) -> None:
+    harness_files = _harness_files if _harness_files is not None else _loaded_module_files()
     pending = [report]
     seen = set()
     while pending:
@@ -25,7 +44,7 @@ def _keep_program_frames(report: traceback.TracebackException, work_root: str) -
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        kept = [frame for frame in current.stack if _is_program_frame(frame.filename, work_root)]
+        kept = [frame for frame in current.stack if _is_program_frame(frame.filename, work_root, harness_files)]
         current.stack = traceback.StackSummary.from_list(kept)
         pending.extend([current.__cause__, current.__context__])
         pending.extend(getattr(current, "exceptions", None) or [])  # exception groups (3.11+)

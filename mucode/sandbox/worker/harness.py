@@ -27,6 +27,7 @@ from .feedback import (
     early_exit_message,
     format_exception,
     memory_message,
+    remember_harness_modules,
     trim,
 )
 from .limits import Limits
@@ -90,6 +91,7 @@ def run_program(code: str, tests: str, work_root: str, limits: Limits) -> tuple[
         compiled_code = _compile(code, SOLUTION_FILE, "exec", dont_inherit=True)
         _register_source(SOLUTION_FILE, code)
         namespace = _fresh_main_module().__dict__
+        remember_harness_modules()
         # SAFETY: untrusted code runs from here on, only ever in the child that confine.py
         # has locked down (unprivileged uid, limits, no network, read-only host, own session).
         _exec(compiled_code, namespace)
