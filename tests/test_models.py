@@ -120,24 +120,34 @@ def slow_fake_conversion(log_file: Path):
     return convert
 
 
-def resolve_in_child(cache: str, results: multiprocessing.Queue) -> None:
-    results.put(resolve_model(BUNDLED, cache_dir=cache))
+RACE_SCRIPT = """
+import multiprocessing, sys
+sys.path.insert(0, {tests!r})
+from test_models import BUNDLED, slow_fake_conversion
+from mucode import models
+
+models.convert_gguf_to_safetensors = slow_fake_conversion({log!r})
+context = multiprocessing.get_context("fork")  # fork keeps the patched converter in the children
+results = context.Queue()
+children = [context.Process(target=lambda: results.put(models.resolve_model(BUNDLED, cache_dir={cache!r})))
+            for _ in range(2)]
+for child in children:
+    child.start()
+for child in children:
+    child.join(120)
+print(sorted(child.exitcode for child in children), sorted(results.get(timeout=5) for _ in children))
+"""
 
 
-def test_concurrent_processes_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log_file = tmp_path / "conversions.log"
-    monkeypatch.setattr(models, "convert_gguf_to_safetensors", slow_fake_conversion(log_file))
-    cache = tmp_path / "cache"
-    # fork keeps the patched converter in the children: two real processes race here.
-    context = multiprocessing.get_context("fork")
-    results: multiprocessing.Queue = context.Queue()
-    children = [context.Process(target=resolve_in_child, args=(str(cache), results)) for _ in range(2)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(60)
-        assert child.exitcode == 0
-    assert {results.get(timeout=5), results.get(timeout=5)} == {str(cache / "smollm2-135m-instruct")}
+def test_concurrent_processes_convert_once(tmp_path: Path) -> None:
+    log_file, cache = tmp_path / "conversions.log", tmp_path / "cache"
+    # Two real processes race, forked from a fresh interpreter (not from pytest's, whose
+    # threads a fork would copy half-way).
+    script = RACE_SCRIPT.format(tests=str(Path(__file__).parent), log=str(log_file), cache=str(cache))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = str(cache / "smollm2-135m-instruct")
+    assert done.stdout.strip().splitlines()[-1] == f"{[0, 0]} {[expected, expected]}"
     assert len(log_file.read_text().splitlines()) == 1
     assert sorted(path.name for path in cache.iterdir()) == [".smollm2-135m-instruct.lock", "smollm2-135m-instruct"]
 

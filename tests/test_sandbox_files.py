@@ -47,7 +47,8 @@ def test_jsonl_rows_keep_their_order_and_malformed_rows_become_errors(tmp_path):
     assert feedback[3] == "input row 4: field 'id' must be a string, but it is a int"
     assert feedback[4] == "input row 5 is a list, not an object with id, code and tests"
     assert "AssertionError" in feedback[5]
-    assert frame["wall_s"][6] >= 1.0
+    # The host's clock starts a moment after the worker's, which enforces the 1 s limit.
+    assert frame["wall_s"][6] >= 0.95
 
 
 def test_parquet_input_with_nulls(tmp_path):
