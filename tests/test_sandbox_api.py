@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mucode.sandbox import Program, SandboxError, SandboxUnavailable, Verdict, docker_available, make_sandbox
+from sandbox_support import require_docker
 from mucode.sandbox.client import WorkerClient
 from mucode.sandbox.docker import build_image, cgroup_parent_for, running_sandbox_containers
 from mucode.sandbox.errors import StaleWorker
@@ -19,14 +20,6 @@ from mucode.sandbox.local import WORKER_PARENT, PipeConnection, choose_interpret
 from mucode.sandbox.worker.protocol import encode_frame
 
 ORDINARY = Program("ordinary", "def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\n")
-
-
-def require_docker() -> None:
-    if docker_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but no Docker engine with the sandbox image: run bash containers/setup-docker.sh")
-    pytest.skip("no Docker engine with the sandbox image here (bash containers/setup-docker.sh sets one up)")
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@ pass on both backends, and the same solutions with their entry function made to 
 wrong value all fail."""
 
 import collections
-import os
 from pathlib import Path
 
 import polars as pl
 import pytest
 from mucode.data import load_problems
 
-from mucode.sandbox import Program, docker_available, make_sandbox
+from mucode.sandbox import Program, make_sandbox
+from sandbox_support import require_docker
 
 MBPP_SPLITS = ("prompt", "test", "validation", "train")
 # Generous: one MBPP solution burns ~4 s of CPU, and other suites share these 2 cores.
@@ -37,14 +37,6 @@ class _WrongValue:
 def {name}(*args, **kwargs):
     return _WrongValue()
 """
-
-
-def require_docker() -> None:
-    if docker_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but no Docker engine with the sandbox image: run bash containers/setup-docker.sh")
-    pytest.skip("no Docker engine with the sandbox image here (bash containers/setup-docker.sh sets one up)")
 
 
 def canonical_problems(data_dir: Path) -> pl.DataFrame:

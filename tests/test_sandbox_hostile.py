@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mucode.sandbox import Program, docker_available, make_sandbox
+from mucode.sandbox import Program, make_sandbox
+from sandbox_support import require_docker
 from mucode.sandbox.client import WORKER_DIR
 from mucode.sandbox.worker.version import worker_source_hash
 
@@ -41,14 +42,6 @@ NO_LEFTOVERS = Program(
     ),
     "assert others == [], others\n",
 )
-
-
-def require_docker() -> None:
-    if docker_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but no Docker engine with the sandbox image: run bash containers/setup-docker.sh")
-    pytest.skip("no Docker engine with the sandbox image here (bash containers/setup-docker.sh sets one up)")
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
