@@ -25,6 +25,7 @@ from prefect import flow
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config, apply_overrides, parse_config
 from mucode.orchestration import experiment_root, stage_task
+from test_orchestration import _log_call, calls  # counting stage executions, shared with the toy stages there
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -95,17 +96,6 @@ print(json.dumps({{run.name: run.state.name for run in runs}}))
 
 
 # -- toy stages: each logs its calls in the experiment directory -----------------------------
-
-def _log_call(root: str, stage: str) -> None:
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / f"calls-{stage}.log", "a") as log:
-        log.write(f"{os.getpid()}\n")
-
-
-def calls(root: str, stage: str) -> int:
-    log = Path(root) / f"calls-{stage}.log"
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
 
 def toy_rollout(cfg, root: str, iteration: int) -> Artifact:
     _log_call(root, "rollout")
