@@ -127,12 +127,24 @@ def _die_with_worker(worker_pid: int) -> None:
         raise RuntimeError("the worker died while the child was starting")
 
 
-def _reset_interpreter(setup: ChildSetup) -> None:
+def scrub_environment(work_root: str) -> None:
+    """Replace the worker's own environment by the programs' one, once, before any fork.
+
+    Children inherit it, so none of them pays for clearing a dict it shares copy-on-write
+    with the worker (each page written in a child costs a fault: ~0.8 ms per program here).
+    """
     os.environ.clear()
-    os.environ.update(safe_environment(setup.work_root))
+    os.environ.update(safe_environment(work_root))
+
+
+def _reset_interpreter(setup: ChildSetup) -> None:
+    if os.environ.get("HOME") != setup.work_root:  # a worker that did not scrub its environment
+        scrub_environment(setup.work_root)
     sys.argv[:] = [SOLUTION_FILE]
     sys.path[:] = [setup.work_root, *setup.stdlib_path]
-    sys.path_importer_cache.clear()  # fresh finders for the new path (cheaper than invalidate_caches)
+    # Only the work directory's finder can be stale (the worker never imports from there);
+    # clearing the whole cache would write every page it spans.
+    sys.path_importer_cache.pop(setup.work_root, None)
     encoding = {"encoding": "utf-8", "closefd": False}
     sys.stdin = sys.__stdin__ = open(0, errors="surrogateescape", **encoding)
     sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, errors="backslashreplace", **encoding)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from . import cleanup, libc
-from .confine import ChildSetup
+from .confine import ChildSetup, scrub_environment
 from .isolation import Isolation, container_isolation, hidden_from_others, isolate_local_worker
 from .limits import JobError, limits_from_job
 from .protocol import encode_frame, fd_reader, read_frame, write_all
@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         isolation = container_isolation()
     channel_in, channel_out = _take_protocol_fds()
+    scrub_environment(isolation.work_root)
     _preload()
     libc.prctl(libc.PR_SET_DUMPABLE, 0)  # closes /proc/<worker>/{fd,mem,environ} to programs
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans come back to the worker to be killed
