@@ -11,15 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
-from mucode.artifacts import Artifact
+from mucode.artifacts import Artifact, write_atomically
 from mucode.config import Config, load_config
 from mucode.orchestration import experiment_root
 
@@ -41,7 +38,7 @@ class IterationRecord:
     aggregated: Artifact
     verifier: Artifact
     sft: Artifact
-    generator: Artifact
+    generator: Artifact | None  # None: no policy data yet, so the generator is still the base model
     config_digest: str = ""
     completed: str = ""
 
@@ -50,7 +47,8 @@ class IterationRecord:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "IterationRecord":
-        artifacts = {name: Artifact(**raw[name]) for name in ("problems", "aggregated", "verifier", "sft", "generator")}
+        artifacts = {name: Artifact(**raw[name]) if raw.get(name) else None
+                     for name in ("problems", "aggregated", "verifier", "sft", "generator")}
         return cls(iteration=int(raw["iteration"]), config_digest=raw.get("config_digest", ""),
                    completed=raw.get("completed", ""), **artifacts)
 
@@ -79,21 +77,12 @@ def record_iteration(root: str, record: IterationRecord) -> None:
     existing = read_iterations(root)
     replaced = next((old for old in existing if old.iteration == record.iteration), None)
     # Later iterations built on the one replaced: they stay only if it produced the same data.
-    same = replaced is not None and (replaced.generator.hash, replaced.aggregated.hash) == (
-        record.generator.hash, record.aggregated.hash)
+    same = replaced is not None and (_hash(replaced.generator), replaced.aggregated.hash) == (
+        _hash(record.generator), record.aggregated.hash)
     kept = [old for old in existing if old.iteration < record.iteration or (same and old.iteration > record.iteration)]
     payload = json.dumps({"iterations": [entry.to_json() for entry in [*kept, stamped]]}, indent=2).encode()
-    _atomic_write(f"{root}/{STATE_FILE}", payload)
+    write_atomically(f"{root}/{STATE_FILE}", payload)
 
 
-def _atomic_write(url: str, data: bytes) -> None:
-    filesystem, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0]
-    filesystem.makedirs(parent, exist_ok=True)
-    temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
-    with filesystem.open(temporary, "wb") as handle:
-        handle.write(data)
-    if isinstance(filesystem, LocalFileSystem):
-        os.replace(temporary, path)  # atomic on POSIX
-    else:
-        filesystem.mv(temporary, path)
+def _hash(artifact: Artifact | None) -> str:
+    return artifact.hash if artifact is not None else ""

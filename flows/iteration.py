@@ -23,8 +23,13 @@ from mucode.tasks.rollout import rollout_task
 from mucode.tasks.verifier import verifier_task
 
 
-def run_iteration(cfg: Config, root: str, iteration: int, previous: IterationRecord | None) -> IterationRecord:
-    """Run (or fetch from cache) iteration `iteration` and record it as completed."""
+def run_iteration(cfg: Config, root: str, iteration: int, previous: IterationRecord | None,
+                  state_root: str | None = None) -> IterationRecord:
+    """Run (or fetch from cache) iteration `iteration` and record it as completed.
+
+    The record goes to `state_root` (default `root`): `mucode-compare` keeps one per arm while
+    every arm's artifacts share `root`, and so its cache.
+    """
     problems = problems_task(cfg, root, dataset=cfg.data.train_dataset, split=cfg.data.train_split,
                              limit=cfg.data.train_limit)
     rollouts = rollout_task(cfg, root, problems=problems, generator=previous.generator if previous else None,
@@ -34,10 +39,17 @@ def run_iteration(cfg: Config, root: str, iteration: int, previous: IterationRec
                                 iteration=iteration)
     verifier = verifier_task(cfg, root, aggregated=aggregated, problems=problems)
     sft = relabel_task(cfg, root, aggregated=aggregated, problems=problems, verifier=verifier)
-    generator = finetune_task(cfg, root, sft=sft)
+    if sft.rows == 0:
+        # A policy can have nothing to learn from (RFT when no rollout passed): then there is
+        # nothing to fine-tune on, and the generator stays the one that made the rollouts.
+        get_run_logger().warning("iteration %d: relabel policy %s produced no examples; the generator is unchanged",
+                                 iteration, cfg.relabel.policy)
+        generator = previous.generator if previous else None
+    else:
+        generator = finetune_task(cfg, root, sft=sft)
     record = IterationRecord(iteration=iteration, problems=problems, aggregated=aggregated, verifier=verifier,
                              sft=sft, generator=generator, config_digest=cfg.digest())
-    record_iteration(root, record)
+    record_iteration(state_root or root, record)
     return record
 
 
@@ -46,7 +58,7 @@ def check_can_continue(record: IterationRecord, root: str) -> None:
     store = ArtifactStore(root)
     for name in ("generator", "aggregated"):
         artifact = getattr(record, name)
-        if not store.is_valid(artifact):
+        if artifact is not None and not store.is_valid(artifact):
             raise RuntimeError(f"iteration {record.iteration}'s {name} {artifact.path} is missing or corrupt: "
                                f"run mucode-train with iterations={record.iteration} to rebuild it "
                                "(cached stages are reused)")

@@ -16,7 +16,7 @@ from mucode.flows.experiment import load_experiment
 from mucode.orchestration import artifact_at
 
 StageName = Literal["problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate",
-                    "report"]
+                    "report", "compare"]
 
 
 @flow(name="mucode-stage", log_prints=True)

@@ -20,11 +20,11 @@ from mucode.flows.experiment import IterationRecord, load_experiment
 from mucode.flows.iteration import run_iteration
 
 
-def train_arm(cfg: Config, root: str) -> IterationRecord:
+def train_arm(cfg: Config, root: str, state_root: str | None = None) -> IterationRecord:
     """Iterations 1..cfg.iterations, each from the previous one's generator and aggregate."""
     record = None
     for iteration in range(1, cfg.iterations + 1):
-        record = run_iteration(cfg, root, iteration, record)
+        record = run_iteration(cfg, root, iteration, record, state_root=state_root)
     assert record is not None  # Config guarantees iterations >= 1
     return record
 
@@ -55,13 +55,17 @@ def _ui_hint(flow_run_id: object) -> str:
             "export the PREFECT_API_URL it prints to browse runs")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mucode.flows.train",
-                                     description=mucode_train.description.splitlines()[0])
-    parser.add_argument("--config", default="configs/smoke.yaml", help="YAML config (default: %(default)s)")
+def flow_argument_parser(module: str, flow_description: str, default_config: str) -> argparse.ArgumentParser:
+    """`--config` and repeatable `--override` for running a flow from a shell."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=flow_description.splitlines()[0])
+    parser.add_argument("--config", default=default_config, help="YAML config (default: %(default)s)")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value; repeatable")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = flow_argument_parser("mucode.flows.train", mucode_train.description, "configs/smoke.yaml").parse_args(argv)
     try:
         load_experiment(args.config, args.override)  # fail in one line before Prefect starts
     except ConfigError as error:

@@ -95,6 +95,31 @@ def frame_to_parquet_bytes(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def write_atomically(url: str | os.PathLike, data: bytes, filesystem: fsspec.AbstractFileSystem | None = None) -> None:
+    """Write `data` to `url` so that readers see the old file or the new one, never half of one.
+
+    A temporary file beside the target, flushed to disk, then renamed over it (an atomic
+    rename on POSIX; object stores write whole objects anyway).
+    """
+    if filesystem is None:
+        filesystem, path = fsspec.core.url_to_fs(str(url))
+    else:
+        path = str(url)
+    parent = path.rsplit("/", 1)[0]
+    filesystem.makedirs(parent, exist_ok=True)
+    temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
+    local = isinstance(filesystem, LocalFileSystem)
+    with filesystem.open(temporary, "wb") as handle:
+        handle.write(data)
+        if local:
+            handle.flush()
+            os.fsync(handle.fileno())
+    if local:
+        os.replace(temporary, path)
+    else:
+        filesystem.mv(temporary, path)
+
+
 class ArtifactStore:
     """Artifacts of one run directory (local path or fsspec URL)."""
 
@@ -127,18 +152,7 @@ class ArtifactStore:
         self._atomic_write(self.manifest_path(path), text.encode())
 
     def _atomic_write(self, path: str, data: bytes) -> None:
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(temporary, "wb") as handle:
-            handle.write(data)
-            if self.is_local:
-                handle.flush()
-                os.fsync(handle.fileno())
-        if self.is_local:
-            os.replace(temporary, path)  # atomic on POSIX: readers see old or new, never half
-        else:
-            self.fs.mv(temporary, path)
+        write_atomically(path, data, self.fs)
 
     def _manifest(self, *, stage: str, kind: str, digest: str, config_hash: str, inputs: list[str],
                   rows: int | None, extra: dict | None) -> dict:

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+Policy = Literal["mucode", "rft", "oracle", "mucode-r", "single-turn-rft"]
+Selection = Literal["random", "lv", "pt", "pt+lv"]
 
 
 class ConfigError(ValueError):
@@ -84,7 +86,7 @@ class VerifierConfig(Section):
 
 
 class RelabelConfig(Section):
-    policy: Literal["mucode", "rft", "oracle", "mucode-r", "single-turn-rft"] = "mucode"
+    policy: Policy = "mucode"
     beta_oracle: float = 100.0
     beta_verifier: float = 1.0
 
@@ -104,9 +106,24 @@ class EvaluationConfig(Section):
     n: int = Field(default=5, ge=1)
     turns: int = Field(default=3, ge=1)
     searches: int = Field(default=10, ge=1)
-    selection: Literal["random", "lv", "pt", "pt+lv"] = "pt+lv"
+    selection: Selection = "pt+lv"
     scaling_ns: list[int] = [1, 2, 4, 8]
     sampling: SamplingConfig = SamplingConfig()
+
+
+class CompareConfig(Section):
+    """The `mucode-compare` flow: which training policies (arms) run from the same base
+    rollouts, and which BoN selection rules the µCode arm is also evaluated with."""
+
+    arms: list[Policy] = ["mucode", "rft", "oracle"]
+    ablation_selections: list[Selection] = ["random", "lv", "pt", "pt+lv"]
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+
+    @model_validator(mode="after")
+    def _distinct_arms(self) -> "CompareConfig":
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct and non-empty, got {self.arms}")
+        return self
 
 
 class ComputeConfig(Section):
@@ -134,6 +151,7 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     compute: ComputeConfig = ComputeConfig()
+    compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
     def _gpu_settings_need_gpus(self) -> "Config":

@@ -5,8 +5,9 @@ Prefect task whose cache key is the stage's source plus its inputs, with the con
 to a digest of the sections the stage reads and every `Artifact` reduced to its content
 hash, so the key never depends on the flow run. Results are persisted; a cached result
 whose artifact is missing or corrupt is recomputed. GPU stages run in a fresh process so
-their GPU memory is released. Stages report progress (`progress_reporter`) and publish a
-table of their manifest metrics. `run_batches` fans a function out over a Dask cluster.
+their GPU memory is released. Stages publish a table of their manifest metrics (progress bars
+are `mucode.progress`); each computed (not cached) stage appends its wall time to
+ROOT/timings.jsonl. `run_batches` fans a function out over a Dask cluster.
 
 This module does not define or wire stages (`tasks/`, `flows/`) and does not know what the
 artifacts contain.
@@ -18,8 +19,10 @@ import concurrent.futures
 import datetime as dt
 import functools
 import inspect
+import json
 import multiprocessing
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,7 @@ from typing import Any
 
 import fsspec
 from prefect import Task
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
@@ -41,6 +40,7 @@ from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config
 
 StageFunction = Callable[..., Any]
+TIMINGS_FILE = "timings.jsonl"
 
 
 class OrchestrationError(RuntimeError):
@@ -187,24 +187,35 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
-def progress_reporter(total: int, description: str) -> Callable[[int], None]:
-    """A callable `report(done)` that moves a Prefect progress artifact to done/total.
+def record_timing(root: str, stage: str, run: str, wall_s: float) -> None:
+    """Append `{stage, run, wall_s, finished}` to ROOT/timings.jsonl (a cache hit never gets here).
 
-    Outside a flow or task run (plain tests, a GPU subprocess) it does nothing. Updates are
-    sent only when the percentage moves by a whole point, so tight loops stay cheap.
+    Reports read it to show what each stage cost when it was computed, also after a resumed
+    run. Local directories only: object stores cannot append, and the Prefect UI shows
+    every task run's duration anyway.
     """
-    if total <= 0 or not _in_a_run():
-        return lambda done: None
-    artifact_id = create_progress_artifact(0.0, description=description)
-    last_sent = [0.0]
+    if "://" in root and not root.startswith("file://"):
+        return
+    path = Path(root.removeprefix("file://")) / TIMINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3),
+                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    with open(path, "a") as timings:  # one short write per line: appends from two runs do not interleave
+        timings.write(line + "\n")
 
-    def report(done: int) -> None:
-        percent = min(100.0, 100.0 * done / total)
-        if percent - last_sent[0] >= 1.0 or (percent >= 100.0 > last_sent[0]):
-            update_progress_artifact(artifact_id, percent)
-            last_sent[0] = percent
 
-    return report
+def read_timings(root: str) -> list[dict[str, Any]]:
+    """Every line of ROOT/timings.jsonl (empty when none); unreadable lines are skipped."""
+    path = Path(root.removeprefix("file://")) / TIMINGS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return records
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:
@@ -241,10 +252,12 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
     def run_stage(*args: Any, **kwargs: Any) -> Any:
         arguments = signature.bind(*args, **kwargs).arguments
         cfg, root = arguments["cfg"], arguments["root"]
+        started = time.perf_counter()
         if gpu and cfg.compute.num_gpus > 0:
             result = run_in_subprocess(fn, *args, **kwargs)
         else:
             result = fn(*args, **kwargs)
+        record_timing(root, name, run_name(arguments), time.perf_counter() - started)
         publish_stage_table(run_name(arguments), cfg, root, result)
         return result
 

@@ -35,6 +35,8 @@ from uuid import UUID
 import polars as pl
 from matplotlib.figure import Figure
 
+from mucode.artifacts import write_atomically
+
 META_KIND = "mucode-evaluation"
 ROWS_FILE, SUMMARY_FILE, META_FILE = "rows.parquet", "summary.json", "meta.json"
 REPORT_FILE, CURVES_FILE, SCALING_FILE = "report.md", "bon_at_t.png", "scaling.png"
@@ -83,12 +85,6 @@ class EvaluationSummary:
 # --- reading and writing evaluation directories -----------------------------------------------
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def save_evaluation(directory: str | Path, rows: pl.DataFrame, summary: EvaluationSummary) -> Path:
     """Write one evaluation directory (rows.parquet, summary.json, meta.json)."""
     directory = Path(directory)
@@ -96,12 +92,12 @@ def save_evaluation(directory: str | Path, rows: pl.DataFrame, summary: Evaluati
     partial_rows = directory / f".{ROWS_FILE}.partial"
     rows.write_parquet(partial_rows)
     os.replace(partial_rows, directory / ROWS_FILE)
-    _write_atomically(directory / SUMMARY_FILE, json.dumps(summary.metrics, indent=1).encode())
+    write_atomically(directory / SUMMARY_FILE, json.dumps(summary.metrics, indent=1).encode())
     meta = {"kind": META_KIND, "method": summary.method, "dataset": summary.dataset, "n": summary.n,
             "selection": summary.selection, "turns": summary.turns, "searches": summary.searches,
             "details": summary.details}
     # meta.json last: its presence marks a complete evaluation directory.
-    _write_atomically(directory / META_FILE, json.dumps(meta, indent=1).encode())
+    write_atomically(directory / META_FILE, json.dumps(meta, indent=1).encode())
     return directory
 
 
@@ -348,7 +344,7 @@ def write_report(summaries: Sequence[EvaluationSummary], out_dir: str | Path, so
         # A stale plot from an earlier build would contradict the report.
         (out / SCALING_FILE).unlink(missing_ok=True)
     report = out / REPORT_FILE
-    _write_atomically(report, report_markdown(summaries, source or str(out), scaling is not None).encode())
+    write_atomically(report, report_markdown(summaries, source or str(out), scaling is not None).encode())
     return report
 
 

@@ -27,7 +27,8 @@ def make_engine_from_config(cfg: Config, path: str):
 
     if cfg.engine.kind == "sglang":
         return make_engine("sglang", path, tp_size=cfg.engine.tp_size, dp_size=cfg.engine.dp_size,
-                           mem_fraction_static=cfg.engine.mem_fraction_static)
+                           mem_fraction_static=cfg.engine.mem_fraction_static, dtype=cfg.model.dtype,
+                           batch_size=cfg.engine.batch_size)
     return make_engine("hf", path, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
 
 

@@ -63,6 +63,13 @@ def build_launch_command(stage: Stage, compute: ComputeConfig, args: Sequence[st
     return [*command, "-m", f"mucode.tasks.{stage}", *args]
 
 
+def launch_options(section: str, settings: Any, compute: ComputeConfig, base: str, out_dir: str,
+                   seed: int) -> list[str]:
+    """The entry-point arguments of a training stage (its frames and `--metrics` are added at launch)."""
+    return ["--config-json", json.dumps({section: settings.model_dump(), "compute": compute.model_dump()}),
+            "--base", base, "--out", out_dir, "--seed", str(seed)]
+
+
 def run_training(stage: Stage, compute: ComputeConfig, train_here: Callable[[], dict[str, Any]],
                  frames: dict[str, pl.DataFrame], options: Sequence[str]) -> dict[str, Any]:
     """Train in this process when there is no GPU, else launch the stage's entry point.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-STAGES = ("problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate", "report")
+STAGES = ("problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate", "report",
+          "compare")
 
 
 class UnknownStageError(ValueError):

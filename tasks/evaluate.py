@@ -43,6 +43,7 @@ import polars as pl
 
 from mucode import metrics
 from mucode.environment import Message, extend_conversation, initial_conversation, is_finished
+from mucode.progress import stage_progress
 from mucode.prompts import extract_code, first_user_message
 
 if TYPE_CHECKING:
@@ -267,26 +268,34 @@ def run_search(
         for search_id in range(searches)
     ]
     rows: list[dict[str, Any]] = []
-    for turn in range(1, turns + 1):
-        started = time.perf_counter()
-        chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling)
-        for search, (candidate, index, public_count) in zip(live, chosen):
-            rows.append({
-                "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],
-                "search_id": search.search_id, "turn": turn, "n": n, "selection": selection,
-                "selected": index, "response": candidate.response, "code": candidate.code,
-                "public_passed": candidate.public_passed, "private_passed": candidate.private_passed,
-                "verifier_score": candidate.verifier_score, "num_public_passing_candidates": public_count,
-            })
-            search.conversation = extend_conversation(search.conversation, candidate.response,
-                                                      candidate.public_passed, candidate.public_feedback)
-        if progress:
-            print(f"evaluate n={n} {selection}: turn {turn}/{turns}, {len(live)} searches x {n} candidates "
-                  f"in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-        # Evaluation never stops early: every search runs T turns, the metrics look at all.
-        live = [search for search, (candidate, _, _) in zip(live, chosen)
-                if not is_finished("eval", turn, turns, candidate.public_passed, candidate.private_passed)]
+    with stage_progress(turns, f"evaluate N={n} {selection}") as advance:
+        for turn in range(1, turns + 1):
+            _search_turn(turn, turns, live, rows, engine, sandbox, scorer, n, selection, sampling, progress)
+            advance(turn, f"turn {turn}/{turns}")
     return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str, Any]], engine: Engine, sandbox: Any,
+                 scorer: Any | None, n: int, selection: str, sampling: SamplingParams, progress: bool) -> None:
+    """Advance every search by one turn, append its rows, extend its conversation."""
+    started = time.perf_counter()
+    chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling)
+    for search, (candidate, index, public_count) in zip(live, chosen):
+        rows.append({
+            "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],
+            "search_id": search.search_id, "turn": turn, "n": n, "selection": selection,
+            "selected": index, "response": candidate.response, "code": candidate.code,
+            "public_passed": candidate.public_passed, "private_passed": candidate.private_passed,
+            "verifier_score": candidate.verifier_score, "num_public_passing_candidates": public_count,
+        })
+        search.conversation = extend_conversation(search.conversation, candidate.response,
+                                                  candidate.public_passed, candidate.public_feedback)
+    if progress:
+        print(f"evaluate n={n} {selection}: turn {turn}/{turns}, {len(live)} searches x {n} candidates "
+              f"in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    # Evaluation never stops early: every search runs T turns, the metrics look at all.
+    live[:] = [search for search, (candidate, _, _) in zip(live, chosen)
+               if not is_finished("eval", turn, turns, candidate.public_passed, candidate.private_passed)]
 
 
 # --- metrics of one evaluation ----------------------------------------------------------------
@@ -464,7 +473,9 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
             "details": {"generator": model_hash(cfg, generator), "verifier": verifier.hash if verifier else "",
                         "seed": cfg.seed, "wall_s": round(time.perf_counter() - started, 2)}}
     inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
-    return store.put_frame(rows, stage="evaluate", config_hash=cfg.section_digest("model", "engine", "evaluation", "sandbox", "seed"),
+    # One folder per method: two methods can produce identical rows (an arm that had nothing to
+    # train on is the base model), and one content-addressed file would carry only one manifest.
+    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=cfg.section_digest("model", "engine", "evaluation", "sandbox", "seed"),
                            inputs=inputs, extra={"evaluation": meta, "metrics": summary})
 
 

@@ -28,7 +28,7 @@ import polars as pl
 
 from mucode.config import ComputeConfig, FinetuneConfig
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, loss_log,
-                             per_device_batch_size, release_memory, run_training, trainer_arguments,
+                             launch_options, per_device_batch_size, release_memory, run_training, trainer_arguments,
                              write_metrics)
 
 if TYPE_CHECKING:
@@ -172,8 +172,7 @@ def finetune(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: 
     check_sft(sft)
     per_device_batch_size(cfg.batch_size, compute, cfg.gradient_accumulation_steps)  # fail before launching
     base = resolve_model(base_model)
-    options = ["--config-json", json.dumps({"finetune": cfg.model_dump(), "compute": compute.model_dump()}),
-               "--base", base, "--out", out_dir, "--seed", str(seed)]
+    options = launch_options("finetune", cfg, compute, base, out_dir, seed)
     return run_training("finetune", compute, lambda: run_sft(cfg, compute, base, sft, out_dir, seed),
                         {"sft": sft}, options)
 

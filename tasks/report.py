@@ -20,13 +20,10 @@ def evaluation_label(manifest: dict) -> str:
     return f"{meta['method']}-{meta['dataset']}-n{meta['n']}-{meta['selection']}".replace("/", "_").replace("+", "_")
 
 
-def report_stage(cfg, root: str, evaluations) -> str:
-    """Store-level stage: lay out the evaluations and write the report; returns report.md's path."""
-    from mucode.artifacts import ArtifactStore
-    from mucode.report import EvaluationSummary, in_prefect_run, publish_report_artifacts, save_evaluation, write_report
+def lay_out_evaluations(store, evaluations, out: Path) -> list:
+    """Write each evaluation artifact as an evaluation directory `out/eval/<label>`; their summaries."""
+    from mucode.report import EvaluationSummary, save_evaluation
 
-    store = ArtifactStore(root)
-    out = Path(store.base) / REPORT_DIR
     summaries = []
     for evaluation in evaluations:
         manifest = store.manifest(evaluation)
@@ -37,7 +34,17 @@ def report_stage(cfg, root: str, evaluations) -> str:
                                     label=evaluation_label(manifest))
         save_evaluation(out / "eval" / summary.label, store.get_frame(evaluation), summary)
         summaries.append(summary)
-    report = write_report(summaries, out, source=root)
+    return summaries
+
+
+def report_stage(cfg, root: str, evaluations) -> str:
+    """Store-level stage: lay out the evaluations and write the report; returns report.md's path."""
+    from mucode.artifacts import ArtifactStore
+    from mucode.report import in_prefect_run, publish_report_artifacts, write_report
+
+    store = ArtifactStore(root)
+    out = Path(store.base) / REPORT_DIR
+    report = write_report(lay_out_evaluations(store, evaluations, out), out, source=root)
     if in_prefect_run():
         publish_report_artifacts(out)
     return str(report)

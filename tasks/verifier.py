@@ -35,7 +35,7 @@ import polars as pl
 
 from mucode.config import ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
-from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, loss_log,
+from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
                              release_memory, run_training, trainer_arguments, write_metrics)
 
 if TYPE_CHECKING:
@@ -313,8 +313,7 @@ def train_verifier(cfg: VerifierConfig, base_model: str, aggregated: pl.DataFram
     compute = compute or ComputeConfig()
     base = resolve_model(base_model)
     training_data(cfg, aggregated, problems, seed)  # fail here, before any process is launched
-    options = ["--config-json", json.dumps({"verifier": cfg.model_dump(), "compute": compute.model_dump()}),
-               "--base", base, "--out", out_dir, "--seed", str(seed)]
+    options = launch_options("verifier", cfg, compute, base, out_dir, seed)
     return run_training("verifier", compute,
                         lambda: fit_verifier(cfg, compute, base, aggregated, problems, out_dir, seed),
                         {"aggregated": aggregated, "problems": problems}, options)

@@ -63,6 +63,7 @@ def test_deployments_schedule_and_parameter_forms(deployed):
         train = client.read_deployment_by_name("mucode-train/process")
         stage = client.read_deployment_by_name("mucode-stage/process")
         docker = client.read_deployment_by_name("mucode-train/docker")
+        compare = client.read_deployment_by_name("mucode-compare/process")
     [schedule] = iteration.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
     assert train.work_pool_name == "mucode-process" and docker.work_pool_name == "mucode-docker"
@@ -75,6 +76,8 @@ def test_deployments_schedule_and_parameter_forms(deployed):
     from mucode.tasks import STAGES
 
     assert stage.parameter_openapi_schema["properties"]["stage"]["enum"] == list(STAGES)  # a drop-down in the UI
+    assert compare.parameter_openapi_schema["properties"]["config"]["default"] == "configs/compare-cpu.yaml"
+    assert compare.parameters["config"] == "configs/compare-cpu.yaml"
 
 
 @pytest.mark.server

@@ -25,12 +25,12 @@ from mucode.orchestration import (
     artifact_key,
     cache_token,
     experiment_root,
-    progress_reporter,
     result_is_usable,
     run_batches,
     run_in_subprocess,
     stage_task,
 )
+from mucode.progress import stage_progress
 
 
 # -- toy stages (module level: a GPU-style subprocess imports them by name) -------------------
@@ -78,9 +78,9 @@ def toy_split(cfg, root: str, rows: int) -> list[Artifact]:
 
 
 def toy_counted(cfg, root: str, steps: int) -> Artifact:
-    report = progress_reporter(steps, "counting")
-    for done in range(1, steps + 1):
-        report(done)
+    with stage_progress(steps, "counting") as advance:
+        for done in range(1, steps + 1):
+            advance(done, "")
     return ArtifactStore(root).put_frame(pl.DataFrame({"x": [steps]}), stage="counted")
 
 
@@ -310,9 +310,9 @@ def test_stage_table_and_progress_artifacts(harness, tmp_path):
     assert len(progress) == 1 and float(progress[0].data) == 100.0
 
 
-def test_progress_reporter_is_a_no_op_outside_a_run():
-    report = progress_reporter(10, "nothing")
-    report(5)  # no server, no run context: must not raise or call the API
+def test_stage_progress_outside_a_run_calls_no_api():
+    with stage_progress(10, "nothing") as advance:
+        advance(5, "")  # no server, no run context: must not raise or call the API
 
 
 # -- subprocess and Dask -----------------------------------------------------------------------

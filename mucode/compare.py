@@ -1,0 +1,228 @@
+"""The comparison of training policies: paired differences, stage costs, the compare report.
+
+`mucode-compare` evaluates the base model and every arm (µCode, multi-turn RFT,
+Multi-STaR², ...) on the same problems, so differences between methods are *paired*: the
+interval of "µCode minus RFT" comes from resampling problems once for both, which is
+narrower than two separate intervals would suggest. This module turns evaluation rows and
+the stage timings into those numbers, a plot of the selection ablation, and `compare.md`.
+It runs no model and computes no single-evaluation metric (`mucode.tasks.evaluate` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+from matplotlib.figure import Figure
+
+from mucode import metrics
+from mucode.report import EvaluationSummary, dataset_title, markdown_table, percent, table_records
+
+COMPARE_FILE, ABLATION_FILE, ARM_CURVES_FILE = "compare.md", "selection_ablation.png", "arms_bon_at_t.png"
+BASE_METHOD = "base"
+METHOD_TITLES = {
+    "base": "Multi-turn Instruct (base)",
+    "mucode": "µCode",
+    "rft": "Multi-turn RFT (Multi-STaR)",
+    "oracle": "Multi-STaR²",
+    "mucode-r": "µCode-R",
+    "single-turn-rft": "Single-turn RFT",
+}
+RULE_ORDER = ("random", "lv", "pt", "pt+lv")
+
+
+def method_title(method: str) -> str:
+    return METHOD_TITLES.get(method, method)
+
+
+def titled(summaries: Sequence[EvaluationSummary]) -> list[EvaluationSummary]:
+    """The summaries with their methods' display names (for tables and legends)."""
+    return [replace(summary, method=method_title(summary.method)) for summary in summaries]
+
+
+class CompareError(ValueError):
+    """The evaluations cannot be compared as asked; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Paired difference in BoN@T of `method` minus `against` on the problems both solved for."""
+
+    method: str
+    against: str
+    dataset: str
+    value: float
+    low: float
+    high: float
+    problems: int
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "higher"
+        if self.high < 0:
+            return "lower"
+        return "not distinguishable"
+
+
+def per_problem_bon(rows: pl.DataFrame, turns: int) -> dict[str, float]:
+    """task_id -> BoN@turns averaged over the problem's searches."""
+    ordered = rows.sort("task_id", "search_id", "turn")
+    grouped = ordered.group_by("task_id", "search_id", maintain_order=True).agg(
+        pl.col("public_passed"), pl.col("private_passed"))
+    by_problem: dict[str, list[float]] = {}
+    for task_id, _search, public, private in grouped.iter_rows():
+        if len(public) < turns:
+            raise CompareError(f"{task_id} has {len(public)} turns, fewer than the {turns} compared")
+        by_problem.setdefault(task_id, []).append(float(metrics.bon_success(public, private, turns)))
+    return {task_id: metrics.mean(values) for task_id, values in by_problem.items()}
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, resamples: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean of a - b, interval low, high, problems) over the problems both have; percentile bootstrap."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise CompareError("the two evaluations share no problem: evaluate both on the same problems")
+    differences = np.array([a[task_id] - b[task_id] for task_id in common])
+    low, high = metrics.bootstrap_ci(differences, n_resamples=resamples, seed=seed, confidence=confidence)
+    return float(differences.mean()), low, high, len(common)
+
+
+def headline_differences(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.DataFrame], *,
+                         method: str, n: int, selection: str, resamples: int = 1000,
+                         seed: int = 0) -> list[Difference]:
+    """`method` at (n, selection) minus every other method at the same (n, selection), per dataset.
+
+    `rows` maps an evaluation's label to its rows.
+    """
+    def pick(candidate: str, dataset: str) -> EvaluationSummary | None:
+        return next((s for s in summaries if (s.method, s.dataset, s.n, s.selection) == (candidate, dataset, n, selection)
+                     and s.label in rows), None)
+
+    differences = []
+    for dataset in dict.fromkeys(summary.dataset for summary in summaries):
+        ours = pick(method, dataset)
+        if ours is None:
+            continue
+        for other in dict.fromkeys(summary.method for summary in summaries):
+            theirs = pick(other, dataset) if other != method else None
+            if theirs is None:
+                continue
+            value, low, high, count = paired_difference(
+                per_problem_bon(rows[ours.label], ours.turns), per_problem_bon(rows[theirs.label], theirs.turns),
+                resamples=resamples, seed=seed)
+            differences.append(Difference(method, other, dataset, value, low, high, count))
+    return differences
+
+
+def differences_table(differences: Sequence[Difference]) -> str:
+    records = [{"Dataset": dataset_title(d.dataset), "Comparison": f"{method_title(d.method)} − {method_title(d.against)}",
+                "Δ BoN@T (points)": f"{100 * d.value:+.1f}", "95% CI": f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
+                "Problems": str(d.problems), "Reading": d.verdict} for d in differences]
+    return markdown_table(records)
+
+
+def stage_cost_table(timings: Sequence[Mapping[str, Any]]) -> str:
+    """Per stage: how many runs were computed and their wall time (from ROOT/timings.jsonl)."""
+    totals: dict[str, list[float]] = {}
+    for record in timings:
+        totals.setdefault(str(record.get("stage", "?")), []).append(float(record.get("wall_s", 0.0)))
+    records = [{"Stage": stage, "Runs computed": str(len(walls)), "Wall time (s)": f"{sum(walls):.0f}",
+                "Longest run (s)": f"{max(walls):.0f}"} for stage, walls in totals.items()]
+    if records:
+        total = sum(sum(walls) for walls in totals.values())
+        records.append({"Stage": "**all**", "Runs computed": str(len(timings)), "Wall time (s)": f"**{total:.0f}**",
+                        "Longest run (s)": ""})
+    return markdown_table(records)
+
+
+def phase_table(phases: Mapping[str, float]) -> str:
+    return markdown_table([{"Phase": name, "Wall time (s)": f"{seconds:.0f}"} for name, seconds in phases.items()])
+
+
+def plot_selection_ablation(summaries: Sequence[EvaluationSummary], method: str, n: int, path: str | Path) -> Path | None:
+    """Bars of BoN@T per selection rule for `method` at N=n, one group per dataset; None if < 2 rules."""
+    chosen = [s for s in summaries if s.method == method and s.n == n]
+    selections = _rules(chosen)
+    if len(selections) < 2:
+        return None
+    datasets = list(dict.fromkeys(s.dataset for s in chosen))
+    figure = Figure(figsize=(1.6 + 1.4 * len(selections) * len(datasets), 3.8), layout="constrained")
+    axis = figure.subplots()
+    width = 0.8 / len(selections)
+    for position, selection in enumerate(selections):
+        values, errors = [], [[], []]
+        for dataset in datasets:
+            summary = next((s for s in chosen if (s.dataset, s.selection) == (dataset, selection)), None)
+            value = summary.metrics.get(summary.headline, float("nan")) if summary else float("nan")
+            low, high = (summary.interval(summary.headline) if summary else None) or (value, value)
+            values.append(100 * value)
+            errors[0].append(100 * (value - low))
+            errors[1].append(100 * (high - value))
+        offsets = [index + (position - (len(selections) - 1) / 2) * width for index in range(len(datasets))]
+        axis.bar(offsets, values, width, yerr=errors, capsize=3, label=selection)
+    axis.set_xticks(range(len(datasets)), [dataset_title(d) for d in datasets])
+    axis.set_ylabel("BoN@T (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(f"{method_title(method)}, N={n}: BoN selection rule")
+    axis.legend(fontsize="small")
+    figure.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _rules(summaries: Sequence[EvaluationSummary]) -> list[str]:
+    found = dict.fromkeys(s.selection for s in summaries)
+    return sorted(found, key=lambda rule: RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER))
+
+
+def ablation_table(summaries: Sequence[EvaluationSummary], method: str, n: int) -> str:
+    chosen = [s for s in summaries if s.method == method and s.n == n]
+    datasets = list(dict.fromkeys(s.dataset for s in chosen))
+    records = []
+    for selection in _rules(chosen):
+        record = {"Selection": selection}
+        for dataset in datasets:
+            summary = next((s for s in chosen if (s.dataset, s.selection) == (dataset, selection)), None)
+            interval = summary.interval(summary.headline) if summary else None
+            record[dataset_title(dataset)] = (percent(summary.metrics[summary.headline]) +
+                                              (f" [{percent(interval[0])}, {percent(interval[1])}]" if interval else "")
+                                              if summary else "–")
+        records.append(record)
+    return markdown_table(records)
+
+
+def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[EvaluationSummary],
+                     differences: Sequence[Difference], timings: Sequence[Mapping[str, Any]],
+                     phases: Mapping[str, float], reference_method: str, n: int, selection: str,
+                     has_ablation_plot: bool, curves_file: str) -> str:
+    """The compare report: Table 1, paired differences, curves, ablation, costs, configuration."""
+    headline = [s for s in summaries if s.n in (1, n) and (s.n == 1 or s.selection == selection)]
+    parts = [
+        f"# µCode against its baselines: `{config.get('name', '')}`", "",
+        "Every arm is trained from the same base rollouts (computed once, cached) and evaluated on the "
+        "same problems. Numbers are **BoN@T** in percent (T turns; the submitted answer is the first turn "
+        "whose selected code passes the public tests, and it counts if it also passes the private tests), "
+        "mean over problems and searches, with a 95% percentile-bootstrap interval over problems.", "",
+        "## Table 1 layout", "", markdown_table(table_records(titled(headline))), "",
+        f"## Paired differences ({method_title(reference_method)} minus each other method, N={n}, {selection})", "",
+        "Problems are resampled jointly for both methods (paired bootstrap). *higher* / *lower*: the whole "
+        "interval lies above / below zero; otherwise the difference is not distinguishable from noise at "
+        "this number of problems.", "",
+        differences_table(differences) if differences else "_(no pair of methods was evaluated alike)_", "",
+        "## BoN@t per turn", "", f"![BoN@t per turn, every method]({curves_file})", "",
+        f"## BoN selection ablation ({method_title(reference_method)}, N={n})", "", ablation_table(summaries, reference_method, n), "",
+        f"![selection ablation]({ABLATION_FILE})" if has_ablation_plot else "_(fewer than two selection rules)_", "",
+        "## Cost", "",
+        "Wall time of every stage run that was computed (cache hits cost nothing and are not listed), "
+        "from `timings.jsonl` in the experiment directory:", "", stage_cost_table(timings), "",
+        "Wall clock of this flow run, by phase (a resumed run shows cached phases as seconds):", "",
+        phase_table(phases), "",
+        "## Configuration", "", "```yaml", yaml.safe_dump(dict(config), sort_keys=False).rstrip(), "```", "",
+    ]
+    return "\n".join(parts)
