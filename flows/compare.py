@@ -28,7 +28,7 @@ from mucode.flows.experiment import IterationRecord, load_experiment, read_itera
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
 from mucode.tasks.compare import compare_task, reference_method
-from mucode.tasks.evaluate import evaluate_task
+from mucode.tasks.evaluate import alias_evaluation_task, evaluate_task
 from mucode.tasks.problems import problems_task
 
 SINGLE_CANDIDATE_RULE = "random"  # with N=1 every rule picks the one candidate; random needs no verifier
@@ -125,16 +125,27 @@ def first_verifier(state_root: str) -> Artifact:
 
 def evaluate_all(cfg: Config, root: str, arms: dict[str, IterationRecord], base_verifier: Artifact,
                  phases: dict[str, float]) -> list[Artifact]:
-    evaluations = []
-    for dataset in cfg.data.eval_datasets:
-        problems = problems_task(cfg, root, dataset=dataset, split=cfg.data.eval_split, limit=cfg.data.eval_limit)
-        for item in evaluation_plan(cfg):
-            record = arms.get(item.method)
-            generator = record.generator if record else None
-            verifier = (record.verifier if record else base_verifier) if item.uses_verifier else None
+    """Every planned evaluation on every dataset, the Table 1 rows first and the ablation last.
+
+    A method with the same generator and verifier as one already evaluated (an arm that had
+    nothing to train on is the base model) gets that evaluation's rows under its own name.
+    """
+    datasets = {dataset: problems_task(cfg, root, dataset=dataset, split=cfg.data.eval_split, limit=cfg.data.eval_limit)
+                for dataset in cfg.data.eval_datasets}
+    evaluations, done = [], {}
+    for item in evaluation_plan(cfg):
+        record = arms.get(item.method)
+        generator = record.generator if record else None
+        verifier = (record.verifier if record else base_verifier) if item.uses_verifier else None
+        for dataset, problems in datasets.items():
+            same = (dataset, item.n, item.selection, generator.hash if generator else "", verifier.hash if verifier else "")
             with timed(phases, f"evaluate {item.method} N={item.n} {item.selection} on {dataset}"):
-                evaluations.append(evaluate_task(cfg, root, problems=problems, generator=generator, verifier=verifier,
-                                                 selection=item.selection, n=item.n, label=item.method))
+                if same in done:
+                    evaluations.append(alias_evaluation_task(cfg, root, evaluation=done[same], label=item.method))
+                    continue
+                done[same] = evaluate_task(cfg, root, problems=problems, generator=generator, verifier=verifier,
+                                           selection=item.selection, n=item.n, label=item.method)
+                evaluations.append(done[same])
     return evaluations
 
 

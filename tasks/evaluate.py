@@ -482,3 +482,23 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
 evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=("model", "engine", "evaluation", "sandbox", "seed"),
                            gpu=True)
+
+
+def alias_evaluation_stage(cfg, root: str, evaluation, label: str):
+    """Store-level stage: an evaluation's rows under another method's name.
+
+    For a method whose generator and verifier are those of an evaluation already made (an
+    arm that had nothing to train on is the base model): the search would repeat it exactly.
+    """
+    from mucode.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    manifest = store.manifest(evaluation)
+    original = manifest["evaluation"]
+    meta = {**original, "method": label, "details": {**original["details"], "same_as": original["method"]}}
+    return store.put_frame(store.get_frame(evaluation), stage=f"evaluate-{label}",
+                           config_hash=manifest.get("config_hash", ""), inputs=[evaluation.hash],
+                           extra={"evaluation": meta, "metrics": manifest["metrics"]})
+
+
+alias_evaluation_task = stage_task(alias_evaluation_stage, name="evaluate-alias", sections=())

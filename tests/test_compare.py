@@ -13,7 +13,7 @@ from mucode.compare import (
     stage_cost_table)
 from mucode.config import load_config
 from mucode.flows.compare import arm_config, compare_plan, evaluation_plan
-from mucode.flows.experiment import IterationRecord
+from mucode.flows.experiment import IterationRecord, read_iterations
 from mucode.orchestration import TIMINGS_FILE, read_timings, record_timing
 from mucode.tasks.compare import compare_stage
 from mucode.tasks.evaluate import summarize
@@ -168,3 +168,20 @@ def test_compare_flow_runs_every_arm_from_shared_base_rollouts(tmp_path, data_di
     assert computed.count("relabel") == 3
     states = sorted(path.parent.name for path in report.parents[1].glob("arms/*/state.json"))
     assert states == ["mucode", "oracle", "rft"]
+    untrained = [arm for arm in ("rft", "oracle")
+                 if read_iterations(str(report.parents[1] / "arms" / arm))[-1].generator is None]
+    # An arm left at the base model is not searched again: it takes the base model's rows.
+    assert computed.count("evaluate-alias") == 2 * len(untrained)  # N=1 and N=2 on one dataset
+
+
+def test_an_aliased_evaluation_keeps_the_rows_under_the_new_name(tmp_path):
+    from mucode.tasks.evaluate import alias_evaluation_stage
+
+    cfg = load_config(CPU_CONFIG, {"run_dir": str(tmp_path)})
+    store = ArtifactStore(str(tmp_path / cfg.name))
+    base = _store_evaluation(store, "base", "humaneval", 5, "pt+lv", {"a": 1, "b": None})
+    alias = alias_evaluation_stage(cfg, store.base, base, label="rft")
+    assert alias.path != base.path and store.get_frame(alias).equals(store.get_frame(base))
+    meta = store.manifest(alias)["evaluation"]
+    assert (meta["method"], meta["details"]["same_as"]) == ("rft", "base")
+    assert store.manifest(base)["evaluation"]["method"] == "base"  # the original is untouched
