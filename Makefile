@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MUCODE_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export MUCODE_DATA_DIR
 
-.PHONY: install demo test test-fast bench ui clean-runs
+.PHONY: install demo compare test test-fast bench ui clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 
 demo: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.train --config configs/smoke.yaml
+
+# Table 1 at CPU scale (about 80 minutes on 2 cores): µCode vs multi-turn RFT vs Multi-STaR².
+compare: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.compare --config configs/compare-cpu.yaml
 
 test: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest

@@ -36,11 +36,12 @@ SINGLE_CANDIDATE_RULE = "random"  # with N=1 every rule picks the one candidate;
 
 @dataclass(frozen=True)
 class PlannedEvaluation:
-    """One evaluation of the comparison, on every eval dataset."""
+    """One evaluation of the comparison, on every eval dataset unless `datasets` names some."""
 
     method: str  # `base` or an arm
     n: int
     selection: str
+    datasets: tuple[str, ...] | None = None
 
     @property
     def uses_verifier(self) -> bool:
@@ -64,7 +65,9 @@ def evaluation_plan(cfg: Config) -> list[PlannedEvaluation]:
     if n > 1:
         plan += [PlannedEvaluation(method, n, selection) for method in methods]
         reference = reference_method(list(cfg.compare.arms))
-        plan += [PlannedEvaluation(reference, n, rule) for rule in cfg.compare.ablation_selections if rule != selection]
+        only = tuple(cfg.compare.ablation_datasets) if cfg.compare.ablation_datasets is not None else None
+        plan += [PlannedEvaluation(reference, n, rule, only) for rule in cfg.compare.ablation_selections
+                 if rule != selection]
     return plan
 
 
@@ -138,6 +141,8 @@ def evaluate_all(cfg: Config, root: str, arms: dict[str, IterationRecord], base_
         generator = record.generator if record else None
         verifier = (record.verifier if record else base_verifier) if item.uses_verifier else None
         for dataset, problems in datasets.items():
+            if item.datasets is not None and dataset not in item.datasets:
+                continue
             same = (dataset, item.n, item.selection, generator.hash if generator else "", verifier.hash if verifier else "")
             with timed(phases, f"evaluate {item.method} N={item.n} {item.selection} on {dataset}"):
                 if same in done:

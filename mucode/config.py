@@ -117,6 +117,7 @@ class CompareConfig(Section):
 
     arms: list[Policy] = ["mucode", "rft", "oracle"]
     ablation_selections: list[Selection] = ["random", "lv", "pt", "pt+lv"]
+    ablation_datasets: list[str] | None = None  # None: every evaluation dataset
     bootstrap_resamples: int = Field(default=1000, ge=100)
 
     @model_validator(mode="after")

@@ -185,3 +185,11 @@ def test_an_aliased_evaluation_keeps_the_rows_under_the_new_name(tmp_path):
     meta = store.manifest(alias)["evaluation"]
     assert (meta["method"], meta["details"]["same_as"]) == ("rft", "base")
     assert store.manifest(base)["evaluation"]["method"] == "base"  # the original is untouched
+
+
+def test_the_ablation_can_be_limited_to_some_datasets():
+    cfg = load_config(CPU_CONFIG, {"compare": {"ablation_datasets": ["humaneval"]}})
+    ablation = [item for item in evaluation_plan(cfg) if item.selection != cfg.evaluation.selection and item.n > 1]
+    assert ablation and all(item.datasets == ("humaneval",) for item in ablation)
+    table1 = [item for item in evaluation_plan(cfg) if item not in ablation]
+    assert all(item.datasets is None for item in table1)
