@@ -26,7 +26,7 @@ install: $(STAMP)
 demo: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.train --config configs/smoke.yaml
 
-# Table 1 at CPU scale (about 80 minutes on 2 cores): µCode vs multi-turn RFT vs Multi-STaR².
+# Table 1 at CPU scale (about 90 minutes on 2 cores): µCode vs multi-turn RFT vs Multi-STaR².
 compare: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.compare --config configs/compare-cpu.yaml
 
