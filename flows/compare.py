@@ -28,7 +28,7 @@ from mucode.flows.experiment import IterationRecord, load_experiment, read_itera
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
 from mucode.tasks.compare import compare_task, reference_method
-from mucode.tasks.evaluate import alias_evaluation_task, evaluate_task
+from mucode.tasks.evaluate import VERIFIER_RULES, alias_evaluation_task, evaluate_task
 from mucode.tasks.problems import problems_task
 
 SINGLE_CANDIDATE_RULE = "random"  # with N=1 every rule picks the one candidate; random needs no verifier
@@ -45,7 +45,7 @@ class PlannedEvaluation:
 
     @property
     def uses_verifier(self) -> bool:
-        return self.selection in ("lv", "pt+lv")
+        return self.selection in VERIFIER_RULES
 
 
 def arm_config(cfg: Config, arm: str) -> Config:

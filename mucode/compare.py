@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 
 from mucode import metrics
 from mucode.report import EvaluationSummary, dataset_title, markdown_table, percent, table_records
+from mucode.tasks.evaluate import search_outcomes
 
 COMPARE_FILE, ABLATION_FILE, ARM_CURVES_FILE = "compare.md", "selection_ablation.png", "arms_bon_at_t.png"
-BASE_METHOD = "base"
 METHOD_TITLES = {
     "base": "Multi-turn Instruct (base)",
     "mucode": "µCode",
@@ -72,15 +72,14 @@ class Difference:
 
 def per_problem_bon(rows: pl.DataFrame, turns: int) -> dict[str, float]:
     """task_id -> BoN@turns averaged over the problem's searches."""
-    ordered = rows.sort("task_id", "search_id", "turn")
-    grouped = ordered.group_by("task_id", "search_id", maintain_order=True).agg(
-        pl.col("public_passed"), pl.col("private_passed"))
-    by_problem: dict[str, list[float]] = {}
-    for task_id, _search, public, private in grouped.iter_rows():
-        if len(public) < turns:
-            raise CompareError(f"{task_id} has {len(public)} turns, fewer than the {turns} compared")
-        by_problem.setdefault(task_id, []).append(float(metrics.bon_success(public, private, turns)))
-    return {task_id: metrics.mean(values) for task_id, values in by_problem.items()}
+    by_problem: dict[str, float] = {}
+    for task_id, searches in search_outcomes(rows).items():
+        shortest = min(len(public) for public, _ in searches)
+        if shortest < turns:
+            raise CompareError(f"{task_id} has {shortest} turns, fewer than the {turns} compared")
+        by_problem[task_id] = metrics.mean([float(metrics.bon_success(public, private, turns))
+                                            for public, private in searches])
+    return by_problem
 
 
 def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, resamples: int = 1000,

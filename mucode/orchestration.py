@@ -187,6 +187,10 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
+def _timings_path(root: str) -> Path:
+    return Path(root.removeprefix("file://")) / TIMINGS_FILE
+
+
 def record_timing(root: str, stage: str, run: str, wall_s: float) -> None:
     """Append `{stage, run, wall_s, finished}` to ROOT/timings.jsonl (a cache hit never gets here).
 
@@ -196,7 +200,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float) -> None:
     """
     if "://" in root and not root.startswith("file://"):
         return
-    path = Path(root.removeprefix("file://")) / TIMINGS_FILE
+    path = _timings_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3),
                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
@@ -206,7 +210,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float) -> None:
 
 def read_timings(root: str) -> list[dict[str, Any]]:
     """Every line of ROOT/timings.jsonl (empty when none); unreadable lines are skipped."""
-    path = Path(root.removeprefix("file://")) / TIMINGS_FILE
+    path = _timings_path(root)
     if not path.is_file():
         return []
     records = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mucode.orchestration import artifact_key, stage_task
+from mucode.orchestration import artifact_key, read_timings, stage_task
 from mucode.tasks.report import REPORT_DIR, lay_out_evaluations
 
 REFERENCE_METHOD = "mucode"
@@ -28,14 +28,14 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
         titled)
-    from mucode.orchestration import read_timings
     from mucode.report import in_prefect_run, inline_images, plot_turn_curves, publish_report_artifacts, write_report
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
-    summaries = lay_out_evaluations(store, evaluations, out)
+    laid_out = lay_out_evaluations(store, evaluations, out)
+    summaries = [summary for summary, _ in laid_out]
     write_report(summaries, out, source=root)
-    rows = {summary.label: store.get_frame(evaluation) for summary, evaluation in zip(summaries, evaluations)}
+    rows = {summary.label: frame for summary, frame in laid_out}
     reference = reference_method(list(cfg.compare.arms))
     n, selection = cfg.evaluation.n, cfg.evaluation.selection
     differences = headline_differences(summaries, rows, method=reference, n=n, selection=selection,

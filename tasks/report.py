@@ -21,10 +21,10 @@ def evaluation_label(manifest: dict) -> str:
 
 
 def lay_out_evaluations(store, evaluations, out: Path) -> list:
-    """Write each evaluation artifact as an evaluation directory `out/eval/<label>`; their summaries."""
+    """Write each evaluation artifact as an evaluation directory `out/eval/<label>`; (summary, rows) of each."""
     from mucode.report import EvaluationSummary, save_evaluation
 
-    summaries = []
+    laid_out = []
     for evaluation in evaluations:
         manifest = store.manifest(evaluation)
         meta = manifest["evaluation"]
@@ -32,9 +32,10 @@ def lay_out_evaluations(store, evaluations, out: Path) -> list:
                                     selection=meta["selection"], turns=meta["turns"], searches=meta["searches"],
                                     metrics=manifest["metrics"], details=meta["details"],
                                     label=evaluation_label(manifest))
-        save_evaluation(out / "eval" / summary.label, store.get_frame(evaluation), summary)
-        summaries.append(summary)
-    return summaries
+        rows = store.get_frame(evaluation)
+        save_evaluation(out / "eval" / summary.label, rows, summary)
+        laid_out.append((summary, rows))
+    return laid_out
 
 
 def report_stage(cfg, root: str, evaluations) -> str:
@@ -44,7 +45,8 @@ def report_stage(cfg, root: str, evaluations) -> str:
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
-    report = write_report(lay_out_evaluations(store, evaluations, out), out, source=root)
+    summaries = [summary for summary, _ in lay_out_evaluations(store, evaluations, out)]
+    report = write_report(summaries, out, source=root)
     if in_prefect_run():
         publish_report_artifacts(out)
     return str(report)
