@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/base-eval} LIMIT=${LIMIT:-} SEARCHES=${SEARCHES:-1} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-1000} \
 DATASETS=${DATASETS:-"humaneval mbpp"} PYTHON=${PYTHON:-.venv/bin/python} RUNS=${RUNS:-"n1-greedy n5-pt"} \
 BATCH=${BATCH:-32}
-export OUT LIMIT SEARCHES MAX_NEW_TOKENS DATASETS RUNS BATCH
+# Offline machines: the datasets folder beside the checkout, as in the Makefile.
+if [ -z "${MUCODE_DATA_DIR:-}" ] && [ -f ../shared/data/mbpp.jsonl ]; then MUCODE_DATA_DIR=$(cd ../shared/data && pwd); fi
+export OUT LIMIT SEARCHES MAX_NEW_TOKENS DATASETS RUNS BATCH MUCODE_DATA_DIR
 
 "$PYTHON" - <<'EOF'
 import os
