@@ -5,7 +5,7 @@ own (affinity, cgroup quota). And on an oversubscribed machine every parallel to
 waits for its slowest, descheduled thread: on 2 busy cores (load ~7) one thread
 measured 5-10x faster than two, while on a quiet machine all cores win. Thread count
 does not change results here (float32 logits were bitwise equal for 1 and 2 threads),
-so adapting it per call keeps runs reproducible.
+so adapting it per batch keeps runs reproducible.
 
 This module only computes numbers; the engine calls ``torch.set_num_threads``.
 """

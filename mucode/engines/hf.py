@@ -49,7 +49,7 @@ class HFEngine(Engine):
         num_threads: int | None = None,
         share_prefill: bool = True,
     ) -> None:
-        """``num_threads`` fixes torch's CPU threads; None picks them per call
+        """``num_threads`` fixes torch's CPU threads; None picks them per batch
         (``auto_num_threads``). ``share_prefill`` computes each prompt's prefill once
         for all its samples in a batch (off only to measure or check it)."""
         if batch_size < 1:
@@ -57,7 +57,7 @@ class HFEngine(Engine):
         self.device = device or default_device()
         self.num_threads = num_threads
         self.thread_budget = cpu_thread_budget()
-        self.threads_last_call = 0
+        self.threads_in_use = 0
         self.batch_size = batch_size
         self.share_prefill = share_prefill
         self.tokenizer = load_tokenizer(model, padding_side="left")
@@ -78,12 +78,14 @@ class HFEngine(Engine):
         draws_each = draws_per_prompt(n, sampling)
         if not conversations:
             return []
-        self.set_threads()
         prompts = self.prompt_token_ids(conversations)
         draws = plan_draws(prompts, draws_each, sampling.seed)
         replies: list[str] = [""] * len(draws)
         lengths = [len(prompts[draw.prompt_index]) for draw in draws]
         for batch in length_sorted_batches(lengths, self.batch_size):
+            # Per batch: a call can last many minutes while the machine's load changes
+            # (one evaluation turn ran 30 min on 1 thread, chosen while a process exited).
+            self.set_threads()
             batch_draws = [draws[index] for index in batch]
             generated = self.generate_draws(prompts, batch_draws, sampling)
             for index, tokens in zip(batch, generated, strict=True):
@@ -201,9 +203,9 @@ class HFEngine(Engine):
             return
         # torch may count the host's cores, not this container's share of them.
         load = os.getloadavg()[0]
-        chosen = self.num_threads or auto_num_threads(self.thread_budget, load, self.threads_last_call)
+        chosen = self.num_threads or auto_num_threads(self.thread_budget, load, self.threads_in_use)
         torch.set_num_threads(chosen)
-        self.threads_last_call = chosen
+        self.threads_in_use = chosen
 
     def check_open(self) -> None:
         if self.closed:
