@@ -9,8 +9,8 @@
 # Settings (environment): OUT (runs/base-eval), LIMIT (all problems), SEARCHES for BoN
 # (1; the paper uses 10), MAX_NEW_TOKENS (1000), DATASETS ("humaneval mbpp"), RUNS
 # ("n1-greedy n5-pt"), BATCH (32: the hf batch size; on 2 cores batch 32 decodes ~3x the
-# tokens/s of batch 8). A finished run (its meta.json exists) is skipped, so the script resumes
-# after an interruption at the last finished dataset x run.
+# tokens/s of batch 8). A finished run (its meta.json exists) is skipped, and an interrupted one
+# resumes at its last finished turn (the evaluation's turn checkpoint), so rerun after a crash.
 # Writes OUT/eval/<dataset>-<run>/ (rows.parquet, summary.json, meta.json) and OUT/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

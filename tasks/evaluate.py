@@ -10,7 +10,9 @@
   with bootstrap 95% intervals over problems as `<metric>.ci_low` / `<metric>.ci_high`.
 - `evaluate_to_dir`: what `mucode evaluate` calls: load problems, model, sandbox and
   verifier, run the search (and the inference-time-scaling runs over N), write the
-  evaluation directories and the report (layout in `mucode.report`).
+  evaluation directories and the report (layout in `mucode.report`). The rows are
+  checkpointed after every turn (`mucode.eval_checkpoint`): rerun the same command after
+  an interruption and it resumes at the last finished turn (`replay_turns`).
 
 Summary metrics (t = 1..T, k = 1, 2, 5, 10, ... up to S):
   bon@t               the first public pass within t turns also passes the private tests
@@ -35,13 +37,21 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mucode import metrics
+from mucode.eval_checkpoint import (
+    checkpoint_key,
+    checkpoint_path,
+    load_checkpoint,
+    problems_digest,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from mucode.environment import Message, extend_conversation, initial_conversation, is_finished
 from mucode.progress import stage_progress
 from mucode.prompts import extract_code, first_user_message
@@ -73,6 +83,7 @@ ROW_SCHEMA: dict[str, Any] = {
     "private_passed": pl.Boolean,
     "verifier_score": pl.Float64,
     "num_public_passing_candidates": pl.Int64,
+    "public_feedback": pl.String,  # what the model read after this turn (rebuilds conversations on resume)
 }
 
 
@@ -129,6 +140,16 @@ def check_selection(rule: str, *, has_verifier: bool) -> None:
 def search_rng(seed: int, task_id: str, search_id: int) -> random.Random:
     """The selection RNG of one search: independent of batch order and of other problems."""
     return random.Random(f"{seed}/{task_id}/{search_id}")
+
+
+def replay_selection(rule: str, n: int, public_count: int, rng: random.Random) -> None:
+    """Advance a search's RNG as `select_candidate` did on a finished turn.
+
+    Its draws depend only on N and the number of public-passing candidates, so a resumed
+    search continues with the same random stream as an uninterrupted one.
+    """
+    public = [True] * public_count + [False] * (n - public_count)
+    select_candidate(rule, public, [0.0] * n if rule in VERIFIER_RULES else None, rng)
 
 
 # --- the batched search ----------------------------------------------------------------------
@@ -255,8 +276,15 @@ def run_search(
     sampling: SamplingParams,
     seed: int,
     progress: bool = False,
+    finished_rows: pl.DataFrame | None = None,
+    on_turn: Callable[[pl.DataFrame], None] | None = None,
 ) -> pl.DataFrame:
-    """Multi-turn Best-of-N: one row per problem x search x turn (`ROW_SCHEMA`)."""
+    """Multi-turn Best-of-N: one row per problem x search x turn (`ROW_SCHEMA`).
+
+    `finished_rows` (the rows of turns 1..k of this same search, from an interrupted run)
+    are replayed instead of generated; `on_turn` receives all rows after every turn (to
+    checkpoint them).
+    """
     check_selection(selection, has_verifier=scorer is not None)
     check_sizes(n, turns, searches)
     check_problems(problems)
@@ -268,11 +296,61 @@ def run_search(
         for search_id in range(searches)
     ]
     rows: list[dict[str, Any]] = []
+    done = 0 if finished_rows is None else replay_turns(live, finished_rows, rows, n=n, turns=turns,
+                                                         selection=selection)
     with stage_progress(turns, f"evaluate N={n} {selection}") as advance:
-        for turn in range(1, turns + 1):
+        for turn in range(done + 1, turns + 1):
             _search_turn(turn, turns, live, rows, engine, sandbox, scorer, n, selection, sampling, progress)
             advance(turn, f"turn {turn}/{turns}")
+            if on_turn is not None:
+                on_turn(pl.DataFrame(rows, schema=ROW_SCHEMA))
     return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def finished_turns(finished_rows: pl.DataFrame, searches: set[tuple[str, int]], *, n: int, turns: int,
+                   selection: str) -> int:
+    """The number k of turns that `finished_rows` hold for a run of these searches.
+
+    Raises `EvaluationError` unless every (task_id, search_id) has exactly turns 1..k, with
+    this N and selection rule, in this version's row schema.
+    """
+    if finished_rows.height == 0:
+        return 0
+    if finished_rows.schema != pl.Schema(ROW_SCHEMA):
+        raise EvaluationError("finished rows have another schema: they come from another mucode version")
+    for column, value in (("n", n), ("selection", selection)):
+        if finished_rows[column].unique().to_list() != [value]:
+            raise EvaluationError(f"finished rows have {column} {finished_rows[column].unique().to_list()}, not {value}")
+    histories = finished_rows.group_by("task_id", "search_id").agg(pl.col("turn").sort())
+    covered = set(zip(histories["task_id"].to_list(), histories["search_id"].to_list()))
+    if covered != searches:
+        raise EvaluationError(f"finished rows cover {len(covered)} searches, this run has {len(searches)}")
+    done = int(finished_rows["turn"].max())
+    if done > turns or any(history != list(range(1, done + 1)) for history in histories["turn"].to_list()):
+        raise EvaluationError(f"finished rows do not hold turns 1..{done} of every search (T={turns})")
+    return done
+
+
+def replay_turns(live: list[_Search], finished_rows: pl.DataFrame, rows: list[dict[str, Any]], *, n: int, turns: int,
+                 selection: str) -> int:
+    """Put the finished turns of an interrupted search back: conversations, RNG draws, rows.
+
+    Returns the number of finished turns (see `finished_turns`, which checks them first).
+    """
+    searches = {(search.problem["task_id"], search.search_id) for search in live}
+    done = finished_turns(finished_rows, searches, n=n, turns=turns, selection=selection)
+    history: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in finished_rows.sort("turn", maintain_order=True).iter_rows(named=True):
+        history.setdefault((row["task_id"], row["search_id"]), []).append(row)
+    for search in live:
+        for row in history.get((search.problem["task_id"], search.search_id), []):
+            replay_selection(selection, n, row["num_public_passing_candidates"], search.rng)
+            search.conversation = extend_conversation(search.conversation, row["response"], row["public_passed"],
+                                                      row["public_feedback"])
+    rows.extend(finished_rows.iter_rows(named=True))  # in the order they were made
+    if done == turns:
+        live.clear()
+    return done
 
 
 def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str, Any]], engine: Engine, sandbox: Any,
@@ -287,6 +365,7 @@ def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str
             "selected": index, "response": candidate.response, "code": candidate.code,
             "public_passed": candidate.public_passed, "private_passed": candidate.private_passed,
             "verifier_score": candidate.verifier_score, "num_public_passing_candidates": public_count,
+            "public_feedback": candidate.public_feedback,
         })
         search.conversation = extend_conversation(search.conversation, candidate.response,
                                                   candidate.public_passed, candidate.public_feedback)
@@ -427,19 +506,46 @@ def evaluate_to_dir(
     with make_engine_from_config(cfg, resolve_model(generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
         for index, value in enumerate(plan):
             started = time.perf_counter()
+            settings = {"generator": generator, "verifier": verifier, "problems": problems_digest(problems),
+                        "n": value, "turns": turns, "searches": searches, "selection": selection,
+                        "sampling": dataclasses.asdict(sampling), "seed": cfg.seed}
+            checkpoint = checkpoint_path(out, value, checkpoint_key(settings))
+            for stale in remove_checkpoints(out, value, keep=checkpoint):
+                print(f"removed {stale}: a checkpoint of other settings", file=sys.stderr)
+            finished = _resumable_rows(checkpoint, problems, n=value, turns=turns, searches=searches,
+                                       selection=selection)
             rows = run_search(problems, engine, sandbox, scorer, n=value, turns=turns, searches=searches,
-                              selection=selection, sampling=sampling, seed=cfg.seed, progress=progress)
+                              selection=selection, sampling=sampling, seed=cfg.seed, progress=progress,
+                              finished_rows=finished, on_turn=lambda made: save_checkpoint(checkpoint, made))
             summary = EvaluationSummary(
                 method=method or generator, dataset=dataset, n=value, selection=selection, turns=turns,
                 searches=searches, metrics=summarize(rows, seed=cfg.seed),
                 details={"generator": generator, "verifier": verifier or "", "seed": cfg.seed,
                          "temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
-                         "wall_s": round(time.perf_counter() - started, 2)},
+                         "wall_s": round(time.perf_counter() - started, 2),
+                         "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0)},
             )
             save_evaluation(out if index == 0 else out / "scaling" / f"n{value}", rows, summary)
+            checkpoint.unlink(missing_ok=True)
             summaries.append(summary.metrics)
     build_report(out)
     return summaries[0]
+
+
+def _resumable_rows(checkpoint: Path, problems: pl.DataFrame, *, n: int, turns: int, searches: int,
+                    selection: str) -> pl.DataFrame | None:
+    """The checkpointed rows of this run, or None (none, unreadable, or not replayable: start over)."""
+    finished = load_checkpoint(checkpoint)
+    if finished is None:
+        return None
+    expected = {(task_id, search_id) for task_id in problems["task_id"].to_list() for search_id in range(searches)}
+    try:
+        done = finished_turns(finished, expected, n=n, turns=turns, selection=selection)
+    except EvaluationError as error:
+        print(f"checkpoint {checkpoint} not used: {error}; starting from turn 1", file=sys.stderr)
+        return None
+    print(f"resuming from {checkpoint}: {done} of {turns} turns finished", file=sys.stderr, flush=True)
+    return finished
 
 
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import struct
 from pathlib import Path
 
@@ -356,6 +357,103 @@ def test_problems_without_tests_are_rejected(sandbox):
                    searches=1, selection="pt", sampling=SamplingParams(), seed=0)
 
 
+# --- resuming an interrupted search -------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Stands for the process dying after a checkpoint was written."""
+
+
+def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, searches: int) -> pl.DataFrame:
+    """The rows checkpointed by a search that dies right after `turn`."""
+    saved: list[pl.DataFrame] = []
+
+    def checkpoint(rows: pl.DataFrame) -> None:
+        saved.append(rows)
+        if len(saved) == turn:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_search(problems_frame(), ScriptedEngine(), sandbox, None, n=n, turns=turns, searches=searches,
+                   selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3, on_turn=checkpoint)
+    return saved[-1]
+
+
+@pytest.mark.parametrize("selection", ["random", "pt"])
+@pytest.mark.parametrize("turn", [1, 2])
+def test_a_resumed_search_makes_the_rows_of_an_uninterrupted_one(sandbox, selection, turn):
+    settings = dict(n=3, turns=3, searches=4, selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3)
+    whole = run_search(problems_frame(), ScriptedEngine(), sandbox, None, **settings)
+    finished = interrupted_after(turn, sandbox, selection, n=3, turns=3, searches=4)
+    assert finished["turn"].max() == turn and finished.height == 2 * 4 * turn
+    engine = ScriptedEngine()
+    resumed = run_search(problems_frame(), engine, sandbox, None, finished_rows=finished, **settings)
+    # Same rows in the same order: the RNG draws of the finished turns were replayed (random
+    # picks differ otherwise) and the conversations rebuilt (the script answers by turn).
+    assert resumed.equals(whole)
+    assert len(engine.calls) == 3 - turn
+    first_conversations = engine.calls[0][0]
+    assert all(len(conversation) == 1 + 2 * turn for conversation in first_conversations)
+    assert first_conversations[0][2]["content"].startswith("Feedback: ")
+
+
+def test_a_search_whose_turns_all_finished_generates_nothing(sandbox):
+    finished = interrupted_after(2, sandbox, "pt", n=2, turns=2, searches=1)
+    engine = ScriptedEngine()
+    rows = run_search(problems_frame(), engine, sandbox, None, n=2, turns=2, searches=1, selection="pt",
+                      sampling=SamplingParams(), seed=3, finished_rows=finished)
+    assert engine.calls == [] and rows.equals(finished)
+
+
+def test_finished_rows_that_do_not_fit_the_run_are_refused(sandbox):
+    from mucode.tasks.evaluate import finished_turns
+
+    finished = interrupted_after(2, sandbox, "pt", n=2, turns=3, searches=2)
+    searches = {(task, s) for task in ("add", "neg") for s in range(2)}
+    assert finished_turns(finished, searches, n=2, turns=3, selection="pt") == 2
+    cases = {
+        "cover 4 searches, this run has 6": (finished, searches | {("add", 2), ("neg", 2)}, 2, "pt"),
+        "have n [2], not 4": (finished, searches, 4, "pt"),
+        "have selection ['pt'], not random": (finished, searches, 2, "random"),
+        "do not hold turns 1..2": (finished.filter(~((pl.col("turn") == 1) & (pl.col("task_id") == "add"))),
+                                   searches, 2, "pt"),
+        "another schema": (finished.drop("public_feedback"), searches, 2, "pt"),
+    }
+    for message, (rows, expected, n, selection) in cases.items():
+        with pytest.raises(EvaluationError, match=re.escape(message)):
+            finished_turns(rows, expected, n=n, turns=3, selection=selection)
+    with pytest.raises(EvaluationError, match=re.escape("turns 1..2 of every search (T=1)")):
+        finished_turns(finished, searches, n=2, turns=1, selection="pt")
+
+
+def test_checkpoint_files_round_trip_and_stale_or_torn_ones_are_dropped(tmp_path, capsys):
+    from mucode.eval_checkpoint import (
+        checkpoint_key,
+        checkpoint_path,
+        load_checkpoint,
+        remove_checkpoints,
+        save_checkpoint,
+    )
+
+    key = checkpoint_key({"n": 2, "sampling": {"temperature": 0.7}, "generator": Path("/models/a")})
+    assert key == checkpoint_key({"generator": Path("/models/a"), "sampling": {"temperature": 0.7}, "n": 2})
+    assert key != checkpoint_key({"n": 2, "sampling": {"temperature": 0.8}, "generator": Path("/models/a")})
+    rows = frame(search_rows("a", 0, [False, True], [False, True]))
+    path = checkpoint_path(tmp_path, 2, key)
+    assert load_checkpoint(path) is None
+    save_checkpoint(path, rows)
+    assert load_checkpoint(path).equals(rows)
+    stale = checkpoint_path(tmp_path, 2, "0" * 16)
+    other_n = checkpoint_path(tmp_path, 4, "1" * 16)
+    for extra in (stale, other_n):
+        save_checkpoint(extra, rows)
+    assert remove_checkpoints(tmp_path, 2, keep=path) == [stale]
+    assert path.is_file() and other_n.is_file() and not stale.exists()
+    path.write_bytes(path.read_bytes()[:40])  # torn: a crash mid-copy on a filesystem without atomic rename
+    assert load_checkpoint(path) is None
+    assert "is unreadable" in capsys.readouterr().err
+
+
 # --- end to end on CPU: the bundled model, real HumanEval problems ---------------------------------
 
 BUNDLED = "bundled:smollm2-135m-instruct"
@@ -451,6 +549,38 @@ def test_evaluate_to_dir_writes_rows_summary_report_and_scaling(tmp_path, untrai
     for image in ("bon_at_t.png", "scaling.png"):
         width, height = png_size(out / image)
         assert (width, height) == (550, 440) and (out / image).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_evaluate_to_dir_resumes_an_interrupted_run_at_its_last_finished_turn(tmp_path, monkeypatch, capsys):
+    import mucode.tasks.evaluate as evaluate
+
+    out = tmp_path / "out"
+    real_save = evaluate.save_checkpoint
+
+    def save_then_die(path, rows):
+        real_save(path, rows)
+        raise Interrupted
+
+    settings = dict(generator=BUNDLED, dataset="humaneval", selection="pt", n=2, turns=2, searches=1, limit=2,
+                    method="Multi-turn Instruct", out=out)
+    monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        evaluate.evaluate_to_dir(tiny_config(), progress=False, **settings)
+    (checkpoint,) = out.glob(".turns-n2-*.parquet")
+    turn1 = pl.read_parquet(checkpoint)
+    assert set(turn1["turn"]) == {1} and not (out / "meta.json").exists()
+
+    monkeypatch.setattr(evaluate, "save_checkpoint", real_save)
+    capsys.readouterr()
+    evaluate.evaluate_to_dir(tiny_config(), progress=True, **settings)
+    err = capsys.readouterr().err
+    assert f"resuming from {checkpoint}: 1 of 2 turns finished" in err
+    assert "turn 1/2" not in err and "turn 2/2" in err  # turn 1 was not generated again
+    rows = pl.read_parquet(out / "rows.parquet")
+    assert rows.filter(pl.col("turn") == 1).equals(turn1) and rows.height == 2 * 2
+    assert json.loads((out / "meta.json").read_text())["details"]["resumed_after_turn"] == 1
+    assert list(out.glob(".turns-*")) == []  # the checkpoint goes once the evaluation is saved
 
 
 def test_evaluate_to_dir_needs_a_verifier_for_lv_before_loading_anything(tmp_path):
