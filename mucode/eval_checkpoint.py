@@ -2,7 +2,8 @@
 
 After every turn the rows made so far are written (atomically) beside the evaluation's
 output, in a file named after N and a digest of everything that decides those rows
-(generator, verifier, problems, N, T, S, selection, sampling, seed). A rerun with the same
+(generator and verifier files, problems, N, T, S, selection, sampling, seed). Code is not in
+the key: after changing prompts or the environment, delete the `.turns-*` files. A rerun with the same
 settings finds the file and replays it; a rerun with other settings finds none and
 removes the stale files of that N. The checkpoint is deleted once the evaluation is saved.
 
@@ -29,6 +30,16 @@ def checkpoint_key(settings: dict[str, Any]) -> str:
     """A short digest of the settings (JSON-able values; others by their str)."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(path: str | Path) -> list[tuple[str, int, int]] | str:
+    """(name, size, mtime) of every file under a model directory: a retrained model at the same
+    path gets another key. Anything that is not a directory (a hub id) is taken as it is."""
+    root = Path(path)
+    if not root.is_dir():
+        return str(path)
+    return [(str(file.relative_to(root)), file.stat().st_size, file.stat().st_mtime_ns)
+            for file in sorted(root.rglob("*")) if file.is_file()]
 
 
 def problems_digest(problems: pl.DataFrame) -> str:

@@ -47,6 +47,7 @@ from mucode import metrics
 from mucode.eval_checkpoint import (
     checkpoint_key,
     checkpoint_path,
+    files_fingerprint,
     load_checkpoint,
     problems_digest,
     remove_checkpoints,
@@ -503,10 +504,13 @@ def evaluate_to_dir(
         from mucode.tasks.verifier import VerifierScorer
 
         scorer = VerifierScorer(verifier, batch_size=cfg.verifier.batch_size, max_length=cfg.verifier.max_length)
-    with make_engine_from_config(cfg, resolve_model(generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
+    generator_path = resolve_model(generator)
+    with make_engine_from_config(cfg, generator_path) as engine, make_sandbox_from_config(cfg) as sandbox:
         for index, value in enumerate(plan):
             started = time.perf_counter()
-            settings = {"generator": generator, "verifier": verifier, "problems": problems_digest(problems),
+            settings = {"generator": files_fingerprint(generator_path),
+                        "verifier": files_fingerprint(verifier) if verifier else None,
+                        "problems": problems_digest(problems),
                         "n": value, "turns": turns, "searches": searches, "selection": selection,
                         "sampling": dataclasses.asdict(sampling), "seed": cfg.seed}
             checkpoint = checkpoint_path(out, value, checkpoint_key(settings))

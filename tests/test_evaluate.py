@@ -454,6 +454,19 @@ def test_checkpoint_files_round_trip_and_stale_or_torn_ones_are_dropped(tmp_path
     assert "is unreadable" in capsys.readouterr().err
 
 
+def test_a_retrained_model_at_the_same_path_gets_another_checkpoint_key(tmp_path):
+    from mucode.eval_checkpoint import checkpoint_key, files_fingerprint
+
+    model = tmp_path / "generator"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 10)
+    before = checkpoint_key({"generator": files_fingerprint(model)})
+    assert before == checkpoint_key({"generator": files_fingerprint(model)})
+    (model / "model.safetensors").write_bytes(b"y" * 11)
+    assert checkpoint_key({"generator": files_fingerprint(model)}) != before
+    assert files_fingerprint("org/hub-model") == "org/hub-model"
+
+
 # --- end to end on CPU: the bundled model, real HumanEval problems ---------------------------------
 
 BUNDLED = "bundled:smollm2-135m-instruct"
