@@ -2,8 +2,9 @@
 
 - `select_candidate`: one of N candidates by a selection rule (`random`, `lv`, `pt`, `pt+lv`).
 - `run_search`: S independent searches per problem, T turns each. Every turn, all searches
-  of all problems advance together: one `engine.generate(conversations, n=N)` call and one
-  sandbox batch holding the public AND private tests of every candidate. The selected
+  of all problems advance together: `engine.generate(conversations, n=N)` calls of about
+  `chunk_draws` draws each (a problem's searches in one call; the progress bar counts the
+  draws) and one sandbox batch holding the public AND private tests of every candidate. The selected
   candidate's public feedback is appended to its conversation; the private verdict is only
   recorded (for metrics), never shown to the model. All T turns always run (eval mode).
 - `summarize`: the metrics of one evaluation (one N, one selection), metric name -> value,
@@ -33,6 +34,7 @@ from __future__ import annotations
 from mucode.orchestration import stage_task
 
 import dataclasses
+import itertools
 import math
 import random
 import sys
@@ -164,6 +166,19 @@ class _Search:
     rng: random.Random
 
 
+class _DrawCounter:
+    """Progress within one turn: draws generated so far and the turn's tokens/s."""
+
+    def __init__(self, engine: Engine, advance: Callable[[int, str], None], before: int, label: str) -> None:
+        self.engine, self.advance, self.done, self.label = engine, advance, before, label
+        self.tokens_before, self.started = engine.tokens_generated, time.perf_counter()
+
+    def __call__(self, draws: int) -> None:
+        self.done += draws
+        rate = (self.engine.tokens_generated - self.tokens_before) / max(time.perf_counter() - self.started, 1e-9)
+        self.advance(self.done, f"{self.label}  {rate:.0f} tok/s")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Candidate:
     response: str
@@ -239,13 +254,43 @@ def _check_generated(samples: list[list[str]], searches: int, n: int) -> None:
         raise EvaluationError(f"engine returned {[len(row) for row in samples]} samples, expected {searches} x {n}")
 
 
+def problem_chunks(live: Sequence[_Search], searches_per_chunk: int) -> list[list[_Search]]:
+    """`live` cut into consecutive chunks of at most `searches_per_chunk` searches, never
+    splitting one problem's searches (a chunk holds more only when one problem has more)."""
+    chunks: list[list[_Search]] = []
+    for _, group in itertools.groupby(live, key=lambda search: search.problem["task_id"]):
+        searches = list(group)
+        if chunks and len(chunks[-1]) + len(searches) <= searches_per_chunk:
+            chunks[-1].extend(searches)
+        else:
+            chunks.append(searches)
+    return chunks
+
+
+def generate_candidates(engine: Engine, live: Sequence[_Search], n: int, sampling: SamplingParams,
+                        chunk_draws: int, on_chunk: Callable[[int], None] | None = None) -> list[list[str]]:
+    """N replies for every live search, `[search][candidate]`, in engine calls of about
+    `chunk_draws` draws, so progress shows within a turn that lasts an hour on CPU.
+
+    A problem's searches always share a call: the engine numbers identical prompts within a
+    call, which is what gives S searches of one problem different samples at turn 1.
+    """
+    samples: list[list[str]] = []
+    for chunk in problem_chunks(live, max(1, chunk_draws // n)):
+        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling)
+        _check_generated(generated, len(chunk), n)
+        samples.extend(generated)
+        if on_chunk is not None:
+            on_chunk(len(chunk) * n)
+    return samples
+
+
 def _advance(
     live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, n: int, selection: str,
-    sampling: SamplingParams,
+    sampling: SamplingParams, chunk_draws: int, on_chunk: Callable[[int], None] | None,
 ) -> list[tuple[_Candidate, int, int]]:
     """One turn of every live search: (selected candidate, its index, public-passing count)."""
-    samples = engine.generate([search.conversation for search in live], n=n, sampling=sampling)
-    _check_generated(samples, len(live), n)
+    samples = generate_candidates(engine, live, n, sampling, chunk_draws, on_chunk)
     flat = [(search.problem, response) for search, responses in zip(live, samples) for response in responses]
     codes = [extract_code(response) for _, response in flat]
     verdicts = execute_candidates(sandbox, [(problem, code) for (problem, _), code in zip(flat, codes)])
@@ -279,12 +324,14 @@ def run_search(
     progress: bool = False,
     finished_rows: pl.DataFrame | None = None,
     on_turn: Callable[[pl.DataFrame], None] | None = None,
+    chunk_draws: int = 256,
 ) -> pl.DataFrame:
     """Multi-turn Best-of-N: one row per problem x search x turn (`ROW_SCHEMA`).
 
     `finished_rows` (the rows of turns 1..k of this same search, from an interrupted run)
     are replayed instead of generated; `on_turn` receives all rows after every turn (to
-    checkpoint them).
+    checkpoint them). Each turn's candidates are generated in engine calls of about
+    `chunk_draws` draws (`generate_candidates`), and the progress bar counts them.
     """
     check_selection(selection, has_verifier=scorer is not None)
     check_sizes(n, turns, searches)
@@ -299,10 +346,13 @@ def run_search(
     rows: list[dict[str, Any]] = []
     done = 0 if finished_rows is None else replay_turns(live, finished_rows, rows, n=n, turns=turns,
                                                          selection=selection)
-    with stage_progress(turns, f"evaluate N={n} {selection}") as advance:
+    per_turn = len(live) * n  # evaluation runs every search for all T turns
+    with stage_progress(per_turn * turns, f"evaluate N={n} {selection}") as advance:
         for turn in range(done + 1, turns + 1):
-            _search_turn(turn, turns, live, rows, engine, sandbox, scorer, n, selection, sampling, progress)
-            advance(turn, f"turn {turn}/{turns}")
+            counter = _DrawCounter(engine, advance, before=(turn - 1) * per_turn, label=f"turn {turn}/{turns}")
+            _search_turn(turn, turns, live, rows, engine, sandbox, scorer, n, selection, sampling, progress,
+                         chunk_draws, counter)
+            advance(turn * per_turn, f"turn {turn}/{turns} done")
             if on_turn is not None:
                 on_turn(pl.DataFrame(rows, schema=ROW_SCHEMA))
     return pl.DataFrame(rows, schema=ROW_SCHEMA)
@@ -355,10 +405,11 @@ def replay_turns(live: list[_Search], finished_rows: pl.DataFrame, rows: list[di
 
 
 def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str, Any]], engine: Engine, sandbox: Any,
-                 scorer: Any | None, n: int, selection: str, sampling: SamplingParams, progress: bool) -> None:
+                 scorer: Any | None, n: int, selection: str, sampling: SamplingParams, progress: bool,
+                 chunk_draws: int, on_chunk: Callable[[int], None]) -> None:
     """Advance every search by one turn, append its rows, extend its conversation."""
     started = time.perf_counter()
-    chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling)
+    chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling, chunk_draws, on_chunk)
     for search, (candidate, index, public_count) in zip(live, chosen):
         rows.append({
             "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],
@@ -520,7 +571,8 @@ def evaluate_to_dir(
                                        selection=selection)
             rows = run_search(problems, engine, sandbox, scorer, n=value, turns=turns, searches=searches,
                               selection=selection, sampling=sampling, seed=cfg.seed, progress=progress,
-                              finished_rows=finished, on_turn=lambda made: save_checkpoint(checkpoint, made))
+                              finished_rows=finished, on_turn=lambda made: save_checkpoint(checkpoint, made),
+                              chunk_draws=4 * cfg.engine.batch_size)
             summary = EvaluationSummary(
                 method=method or generator, dataset=dataset, n=value, selection=selection, turns=turns,
                 searches=searches, metrics=summarize(rows, seed=cfg.seed),
@@ -576,7 +628,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     with make_engine_from_config(cfg, model_path(cfg, store, generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
         rows = run_search(frame, engine, sandbox, scorer, n=n, turns=cfg.evaluation.turns,
                           searches=cfg.evaluation.searches, selection=selection,
-                          sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed)
+                          sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed,
+                          chunk_draws=4 * cfg.engine.batch_size)
     summary = summarize(rows, seed=cfg.seed)
     meta = {"method": label, "dataset": str(frame["dataset"][0]), "n": n, "selection": selection,
             "turns": cfg.evaluation.turns, "searches": cfg.evaluation.searches,

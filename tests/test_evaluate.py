@@ -274,6 +274,41 @@ def test_every_turn_is_one_generate_call_and_one_sandbox_batch_for_all_searches(
     assert all(batch <= 2 * 2 * 2 for batch in counting.batches)
 
 
+def test_small_chunks_split_generation_by_whole_problems_and_change_no_row(sandbox, capsys, monkeypatch):
+    import mucode.progress
+
+    whole = search(sandbox, turns=2, searches=3)
+    monkeypatch.setattr(mucode.progress, "PLAIN_LINE_EVERY_S", 0.0)  # a log line at every chunk
+    engine = ScriptedEngine()
+    chunked = run_search(problems_frame(), engine, sandbox, None, n=2, turns=2, searches=3, selection="pt",
+                         sampling=SamplingParams(max_new_tokens=16), seed=0, chunk_draws=2)
+    assert chunked.equals(whole)
+    # 2 draws a call would split a problem's 3 searches: each call holds one whole problem instead.
+    assert [(len(conversations), n) for conversations, n in engine.calls] == [(3, 2)] * 4
+    assert all(len({c[0]["content"] for c in conversations}) == 1 for conversations, _ in engine.calls)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate N=2 pt:")]
+    assert [line.split()[3] for line in lines[:4]] == ["6/24", "12/24", "12/24", "18/24"]
+    assert "turn 1/2" in lines[0] and "tok/s" in lines[0] and "turn 2/2" in lines[-1]
+
+
+@pytest.mark.parametrize(("searches_per_problem", "limit", "expected"), [
+    ([1, 1, 1, 1, 1], 2, [2, 2, 1]),
+    ([3, 3, 1], 4, [3, 4]),
+    ([5, 1], 2, [5, 1]),  # one problem larger than a chunk stays whole
+    ([2, 2], 100, [4]),
+])
+def test_problem_chunks_fill_up_to_the_limit_without_splitting_a_problem(searches_per_problem, limit, expected):
+    from mucode.tasks.evaluate import _Search, problem_chunks
+
+    live = [_Search({"task_id": f"p{index}"}, search_id, [], random.Random(0))
+            for index, count in enumerate(searches_per_problem) for search_id in range(count)]
+    chunks = problem_chunks(live, limit)
+    assert [len(chunk) for chunk in chunks] == expected
+    assert [search for chunk in chunks for search in chunk] == live
+    owners = [{search.problem["task_id"] for search in chunk} for chunk in chunks]
+    assert all(not (a & b) for a, b in zip(owners, owners[1:]))
+
+
 def test_pt_submits_the_first_public_pass_and_bon_counts_its_private_failure(sandbox):
     rows = search(sandbox).filter(pl.col("task_id") == "add").sort("search_id", "turn")
     turn1 = rows.filter(pl.col("turn") == 1)
