@@ -21,6 +21,7 @@ from mucode.report import (
     build_report,
     inline_images,
     load_evaluations,
+    percent_axis_top,
     publish_report_artifacts,
     save_evaluation,
     scaling_groups,
@@ -110,6 +111,15 @@ def test_build_report_writes_markdown_and_valid_pngs(run_dir: Path):
     for image, panels in ((CURVES_FILE, 2), (SCALING_FILE, 1)):
         assert png_size(run_dir / image) == (550 * panels, 440), image
         assert (run_dir / image).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("values", "top"),
+    [([3.0, 6.1], 20.0), ([10.0], 20.0), ([0.0, 14.9], 30.0), ([75.0, 92.0], 100.0), ([], 100.0),
+     ([float("nan"), 4.0], 20.0)],
+)
+def test_percent_axis_top_leaves_room_above_the_highest_value_up_to_100(values: list[float], top: float):
+    assert percent_axis_top(values) == top
 
 
 def test_scaling_needs_one_method_at_several_n(tmp_path: Path):
