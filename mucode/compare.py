@@ -21,7 +21,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from mucode import metrics
-from mucode.report import EvaluationSummary, dataset_title, markdown_table, percent, percent_axis_top, table_records
+from mucode.report import EvaluationSummary, dataset_title, markdown_table, percent, set_percent_ylim, table_records
 from mucode.tasks.evaluate import search_outcomes
 
 COMPARE_FILE, ABLATION_FILE, ARM_CURVES_FILE = "compare.md", "selection_ablation.png", "arms_bon_at_t.png"
@@ -155,7 +155,6 @@ def plot_selection_ablation(summaries: Sequence[EvaluationSummary], method: str,
     figure = Figure(figsize=(1.6 + 1.4 * len(selections) * len(datasets), 3.8), layout="constrained")
     axis = figure.subplots()
     width = 0.8 / len(selections)
-    plotted: list[float] = []
     for position, selection in enumerate(selections):
         values, errors = [], [[], []]
         for dataset in datasets:
@@ -165,12 +164,11 @@ def plot_selection_ablation(summaries: Sequence[EvaluationSummary], method: str,
             values.append(100 * value)
             errors[0].append(100 * (value - low))
             errors[1].append(100 * (high - value))
-            plotted += [100 * value, 100 * high]
         offsets = [index + (position - (len(selections) - 1) / 2) * width for index in range(len(datasets))]
         axis.bar(offsets, values, width, yerr=errors, capsize=3, label=selection)
     axis.set_xticks(range(len(datasets)), [dataset_title(d) for d in datasets])
     axis.set_ylabel("BoN@T (%)")
-    axis.set_ylim(0, percent_axis_top(plotted))
+    set_percent_ylim(axis)
     axis.set_title(f"{method_title(method)}, N={n}: BoN selection rule")
     axis.legend(fontsize="small")
     figure.savefig(path, dpi=110)

@@ -231,10 +231,17 @@ def _curve(summary: EvaluationSummary, names: list[str]) -> tuple[list[float], l
 
 
 def percent_axis_top(values: Sequence[float]) -> float:
-    """Top of a percent axis: the next multiple of 10 above every value (and 10 above the
-    highest), at most 100, so low results such as a base model's few percent stay readable."""
-    highest = max((value for value in values if not math.isnan(value)), default=100.0)
+    """Top of a percent axis: the smallest multiple of 10 at least 10 above the highest value,
+    at most 100, so low results such as a base model's few percent stay readable."""
+    highest = max((value for value in values if math.isfinite(value)), default=100.0)
     return float(min(100, 10 * math.ceil((highest + 10) / 10)))
+
+
+def set_percent_ylim(axis: Any) -> None:
+    """Fit a percent axis to what is drawn on it (lines, intervals, bars), with a 3% margin
+    at each end so markers at 0 or at the top are not cut by the frame."""
+    top = percent_axis_top([axis.dataLim.y1])
+    axis.set_ylim(-0.03 * top, 1.03 * top)
 
 
 def plot_turn_curves(summaries: Sequence[EvaluationSummary], path: str | Path) -> Path:
@@ -242,17 +249,15 @@ def plot_turn_curves(summaries: Sequence[EvaluationSummary], path: str | Path) -
     datasets = list(dict.fromkeys(summary.dataset for summary in summaries))
     figure = Figure(figsize=(5.0 * len(datasets), 4.0), layout="constrained")
     axes = _dataset_axes(figure, datasets)
-    plotted: dict[str, list[float]] = {dataset: [] for dataset in datasets}
     for position, summary in enumerate(summaries):
         turns = list(range(1, summary.turns + 1))
         values, lows, highs = _curve(summary, [f"bon@{t}" for t in turns])
-        plotted[summary.dataset] += values + highs
         axis = axes[summary.dataset]
         # Distinct markers keep lines that coincide (same values) visible.
         (line,) = axis.plot(turns, values, marker=MARKERS[position % len(MARKERS)], label=summary.title())
         axis.fill_between(turns, lows, highs, color=line.get_color(), alpha=0.15)
-    for dataset, axis in axes.items():
-        axis.set_ylim(0, percent_axis_top(plotted[dataset]))
+    for axis in axes.values():
+        set_percent_ylim(axis)
         axis.set_xlabel("turn budget t")
         axis.set_ylabel("BoN@t (%)")
         axis.xaxis.get_major_locator().set_params(integer=True)
@@ -286,14 +291,12 @@ def plot_scaling(summaries: Sequence[EvaluationSummary], path: str | Path) -> Pa
     figure = Figure(figsize=(5.0 * len(datasets), 4.0), layout="constrained")
     axes = _dataset_axes(figure, datasets)
     ticks: dict[str, set[int]] = {dataset: set() for dataset in datasets}
-    plotted: dict[str, list[float]] = {dataset: [] for dataset in datasets}
     for position, ((method, dataset, selection, turns), group) in enumerate(groups.items()):
         ns = [summary.n for summary in group]
         ticks[dataset].update(ns)
         points = [_curve(summary, [summary.headline]) for summary in group]
         values = [value[0] for value, _, _ in points]
         errors = [[value[0] - low[0] for value, low, _ in points], [high[0] - value[0] for value, _, high in points]]
-        plotted[dataset] += values + [high[0] for _, _, high in points]
         # A small sideways shift per line keeps overlapping error bars apart on the log axis.
         shifted = [n * 2 ** (0.04 * (position - (len(groups) - 1) / 2)) for n in ns]
         axes[dataset].errorbar(shifted, values, yerr=errors, marker=MARKERS[position % len(MARKERS)], capsize=3,
@@ -302,7 +305,7 @@ def plot_scaling(summaries: Sequence[EvaluationSummary], path: str | Path) -> Pa
         axis.set_xscale("log", base=2)
         axis.set_xticks(sorted(ticks[dataset]), [str(n) for n in sorted(ticks[dataset])])
         axis.minorticks_off()
-        axis.set_ylim(0, percent_axis_top(plotted[dataset]))
+        set_percent_ylim(axis)
         axis.set_xlabel("candidates per turn N")
         axis.set_ylabel("BoN@T (%)")
         axis.legend(fontsize="small")

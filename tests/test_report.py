@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from matplotlib.figure import Figure
 
 from mucode.report import (
     CURVES_FILE,
@@ -25,6 +26,7 @@ from mucode.report import (
     publish_report_artifacts,
     save_evaluation,
     scaling_groups,
+    set_percent_ylim,
     table_records,
 )
 from mucode.tasks.evaluate import ROW_SCHEMA, summarize
@@ -120,6 +122,20 @@ def test_build_report_writes_markdown_and_valid_pngs(run_dir: Path):
 )
 def test_percent_axis_top_leaves_room_above_the_highest_value_up_to_100(values: list[float], top: float):
     assert percent_axis_top(values) == top
+
+
+def test_percent_ylim_fits_what_is_drawn_with_a_margin_at_each_end():
+    lines, errorbars, bars, empty = Figure().subplots(1, 4)
+    lines.plot([1, 2, 3], [3.0, 4.3, 4.9])
+    lines.fill_between([1, 2, 3], [1.2, 1.2, 1.8], [7.9, 7.9, 12.5])  # only the interval passes 10
+    errorbars.errorbar([1, 5], [70.0, 80.0], yerr=[[5.0, 5.0], [5.0, 15.0]])  # 95 at the top
+    bars.bar([0, 1], [8.0, 3.0], yerr=[[1.0, 1.0], [4.0, 1.0]])  # only the error bar passes 10
+    for axis in (lines, errorbars, bars, empty):
+        set_percent_ylim(axis)
+    assert lines.get_ylim() == pytest.approx((-0.9, 30.9))
+    assert errorbars.get_ylim() == pytest.approx((-3.0, 103.0))
+    assert bars.get_ylim() == pytest.approx((-0.9, 30.9))
+    assert empty.get_ylim() == pytest.approx((-3.0, 103.0))
 
 
 def test_scaling_needs_one_method_at_several_n(tmp_path: Path):
