@@ -3,7 +3,8 @@
 A stage writes a polars frame (Parquet) or a model directory (safetensors) through an
 `ArtifactStore`. The file is named by the sha256 of its bytes, written to a temporary
 name and renamed into place, and a JSON manifest beside it records the producing stage,
-config hash, code version, input artifact hashes, row count and creation time. Reading
+config hash, code version, the digest of the code that wrote it (`code`: the running
+stage's modules, `mucode.code_digest`), input artifact hashes, row count and creation time. Reading
 re-hashes the bytes: a corrupt or truncated artifact raises `CorruptArtifactError`, never
 returns data. Paths are local by default; any fsspec URL (s3://, gs://, memory://) works
 through the same interface. This module knows nothing about what the frames contain.
@@ -28,6 +29,8 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 import polars as pl
+
+from mucode.code_digest import current_code
 
 HASH_CHARS = 20  # hex digits of sha256 kept in names: 80 bits, collisions not a concern
 
@@ -162,6 +165,7 @@ class ArtifactStore:
             "sha256": digest,
             "config_hash": config_hash,
             "code_version": code_version(),
+            "code": current_code().manifest_entry(),  # a git commit misses dirty trees and wheels
             "inputs": list(inputs),
             "rows": rows,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

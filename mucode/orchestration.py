@@ -1,9 +1,10 @@
 """Prefect plumbing for mucode stages.
 
 `stage_task` turns a store-level stage function `fn(cfg, root, ...) -> Artifact` into a
-Prefect task whose cache key is the stage's source plus its inputs, with the config reduced
-to a digest of the sections the stage reads and every `Artifact` reduced to its content
-hash, so the key never depends on the flow run. Results are persisted; a cached result
+Prefect task whose cache key is the stage's source, the digest of the code it runs (its
+module and every project module it imports, `mucode.code_digest`) and its inputs, with the
+config reduced to a digest of the sections the stage reads and every `Artifact` reduced to
+its content hash, so the key never depends on the flow run. Results are persisted; a cached result
 whose artifact is missing or corrupt is recomputed. GPU stages run in a fresh process so
 their GPU memory is released. Stages publish a table of their manifest metrics (progress bars
 are `mucode.progress`); each computed (not cached) stage appends its wall time to
@@ -18,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import functools
+import hashlib
 import inspect
 import json
 import multiprocessing
@@ -37,6 +39,7 @@ from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
 from mucode.artifacts import Artifact, ArtifactStore
+from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
 
 StageFunction = Callable[..., Any]
@@ -107,15 +110,20 @@ def expire_stale_record(store: ResultStore, key: str, root: str) -> bool:
 
 @dataclass
 class StageCachePolicy(CachePolicy):
-    """INPUTS + TASK_SOURCE over stable input tokens, dropping records whose artifacts are gone."""
+    """INPUTS + TASK_SOURCE over stable input tokens and the stage's code digest, dropping
+    records whose artifacts are gone."""
 
     sections: tuple[str, ...] | None = None
+    code_module: str | None = None  # the stage function's module: its code digest joins the key
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         tokens = {name: cache_token(value, self.sections) for name, value in (inputs or {}).items()}
         key = (INPUTS + TASK_SOURCE).compute_key(task_ctx=task_ctx, inputs=tokens,
                                                  flow_parameters=flow_parameters, **kwargs)
+        if key is not None and self.code_module is not None:
+            # TASK_SOURCE sees the stage function only; the code digest covers all it calls.
+            key = hashlib.sha256(f"{key}:{stage_code(self.code_module).digest}".encode()).hexdigest()
         if key is not None and task_ctx is not None and "root" in (inputs or {}):
             if expire_stale_record(task_ctx.result_store, key, str(inputs["root"])):
                 get_run_logger().warning(
@@ -251,6 +259,7 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         raise OrchestrationError(f"stage {name}: unknown config sections {unknown}; "
                                  "use field names of Config in mucode/config.py")
     run_name = _stage_run_name(name)
+    staged = functools.update_wrapper(functools.partial(run_as_stage, fn), fn)  # manifests name fn's code
 
     @functools.wraps(fn)  # keeps fn's signature and source, which Prefect's TASK_SOURCE hashes
     def run_stage(*args: Any, **kwargs: Any) -> Any:
@@ -258,9 +267,9 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         cfg, root = arguments["cfg"], arguments["root"]
         started = time.perf_counter()
         if gpu and cfg.compute.num_gpus > 0:
-            result = run_in_subprocess(fn, *args, **kwargs)
+            result = run_in_subprocess(staged, *args, **kwargs)
         else:
-            result = fn(*args, **kwargs)
+            result = staged(*args, **kwargs)
         record_timing(root, name, run_name(arguments), time.perf_counter() - started)
         publish_stage_table(run_name(arguments), cfg, root, result)
         return result
@@ -269,7 +278,8 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         run_stage,
         name=name,
         task_run_name=run_name,
-        cache_policy=StageCachePolicy(sections=tuple(sections) if sections is not None else None),
+        cache_policy=StageCachePolicy(sections=tuple(sections) if sections is not None else None,
+                                      code_module=fn.__module__),
         persist_result=True,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds if retries else None,
