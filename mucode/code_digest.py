@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Every package of the project (pyproject's `packages`, plus the worker shipped inside `mucode.sandbox`).
+# Every package of the project: pyproject's `packages` (a test keeps the two equal).
 PROJECT_PACKAGES = ("mucode", "mucode.sandbox", "mucode.sandbox.worker", "mucode.engines", "mucode.data",
                     "mucode.tasks", "mucode.flows")
 # Packages run as a program of their own (not through the host's imports): hashed whole.

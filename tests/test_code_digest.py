@@ -75,8 +75,9 @@ def test_every_computed_import_is_reviewed():
 
 
 def test_project_packages_cover_pyproject_and_every_subpackage():
+    # Both ways: a package a wheel leaves out (as the sandbox worker once was) breaks installs.
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert set(declared) <= set(PROJECT_PACKAGES)
+    assert set(declared) == set(PROJECT_PACKAGES)
     directories = {Path(path).parent for name, path in project_modules().items() if name in PROJECT_PACKAGES}
     nested = {init.parent for directory in directories for init in directory.glob("*/__init__.py")}
     assert nested <= directories, f"a package missing from PROJECT_PACKAGES: {sorted(nested - directories)}"
@@ -161,12 +162,11 @@ def test_stage_recomputes_when_an_imported_module_changes(harness, tmp_path, dat
 
     first = run()
     assert first["state"] == "Completed" and first["public_asserts"] == [1, 1]
-    assert first["code"]["scope"] == "mucode.tasks.problems" and "mucode.data.mbpp" in first["code"]["modules"]
-    unchanged = run()
-    assert unchanged["state"] == "Cached" and unchanged["code"] == first["code"]
+    assert run()["state"] == "Cached"
     edit(mbpp, shown, "    # The evaluation splits show one assert, as in the paper.\n" + shown)
     assert run()["state"] == "Cached"  # the syntax tree did not change
     edit(mbpp, "asserts[:1]", "asserts[:2]")
     logic = run()
-    assert logic["state"] == "Completed" and logic["public_asserts"] == [2, 2]
+    assert logic["state"] == "Completed" and logic["public_asserts"] == [2, 2]  # not the stale cached frame
+    assert first["code"]["scope"] == "mucode.tasks.problems" and "mucode.data.mbpp" in first["code"]["modules"]
     assert logic["code"]["digest"] != first["code"]["digest"]
