@@ -100,6 +100,7 @@ def test_manifest_names_the_code_of_the_stage_that_wrote_it(tmp_path):
 
 RUN_PROBLEMS = """
 import json, sys
+import mucode
 from prefect import flow
 from mucode.artifacts import ArtifactStore
 from mucode.orchestration import experiment_root
@@ -114,7 +115,7 @@ def run(run_dir):
     state = problems_task(cfg, root, dataset="mbpp", split="test", limit=2, return_state=True)
     store = ArtifactStore(root)
     frame = store.get_frame(state.result())
-    return {"state": state.name, "code": store.manifest(state.result())["code"],
+    return {"state": state.name, "code": store.manifest(state.result())["code"], "imported": mucode.__file__,
             "public_asserts": frame["public_tests"].str.count_matches("assert ").to_list()}
 
 
@@ -140,8 +141,8 @@ def run_problems_stage(tree: Path, run_dir: Path, data_dir: Path, results: Path)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(REPO / "tests")]),
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOCAL_STORAGE_PATH": str(results)}
-    done = subprocess.run([sys.executable, "-c", RUN_PROBLEMS, str(run_dir), str(data_dir)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", RUN_PROBLEMS, str(run_dir), str(data_dir)], env=env, cwd=tree,
+                          capture_output=True, text=True, timeout=300)  # cwd: `-c` puts it first on sys.path
     result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and result, done.stderr[-3000:]
     return json.loads(result[0].removeprefix("RESULT "))
@@ -161,6 +162,7 @@ def test_stage_recomputes_when_an_imported_module_changes(harness, tmp_path, dat
     run = lambda: run_problems_stage(tree, tmp_path / "runs", data_dir, harness)  # noqa: E731
 
     first = run()
+    assert Path(first["imported"]).is_relative_to(tree)
     assert first["state"] == "Completed" and first["public_asserts"] == [1, 1]
     assert run()["state"] == "Cached"
     edit(mbpp, shown, "    # The evaluation splits show one assert, as in the paper.\n" + shown)
