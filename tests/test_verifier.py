@@ -258,7 +258,8 @@ def test_bt_verifier_learns_to_rank_passing_above_failing(bt_verifier):
     losses = [entry["loss"] for entry in metrics["loss_log"]]
     assert len(losses) == 2 and losses[-1] < losses[0]
     assert metrics["train_problems"] == 2 and metrics["train_pairs"] == 2
-    train, pairs, _ = training_data(tiny_config("bt"), small(aggregated_frame()), small(problems_frame()), seed=0)
+    train, pairs, heldout = training_data(tiny_config("bt"), small(aggregated_frame()), small(problems_frame()),
+                                          seed=0)
     scorer = VerifierScorer(out, max_length=256)
     chosen = scorer.score(pairs["prompt"].to_list(), pairs["chosen"].to_list())
     rejected = scorer.score(pairs["prompt"].to_list(), pairs["rejected"].to_list())
@@ -267,7 +268,12 @@ def test_bt_verifier_learns_to_rank_passing_above_failing(bt_verifier):
     scores = scorer.score(train["prompt"].to_list(), train["answer"].to_list())
     assert roc_auc(scores, train["label"].to_list()) == 1.0
     assert metrics["heldout_samples"] == 4 and metrics["heldout_pairs"] == 1
-    assert 0.0 <= metrics["heldout_auc"] <= 1.0 and metrics["heldout_pair_accuracy"] in (0.0, 1.0)
+    # The held-out metrics, recomputed here from the held-out samples by the pairwise definition.
+    heldout_scores = scorer.score(heldout["prompt"].to_list(), heldout["answer"].to_list())
+    assert metrics["heldout_auc"] == pytest.approx(brute_force_auc(heldout_scores, heldout["label"].to_list()))
+    score_of = dict(zip(zip(heldout["task_id"], heldout["answer"]), heldout_scores))
+    (task, chosen, rejected), = preference_pairs(heldout, 1, seed=0).select("task_id", "chosen", "rejected").rows()
+    assert metrics["heldout_pair_accuracy"] == float(score_of[(task, chosen)] > score_of[(task, rejected)])
     print("bt verifier metrics:", json.dumps({k: v for k, v in metrics.items() if k != "loss_log"}),
           "losses:", [round(v, 4) for v in losses])
 
