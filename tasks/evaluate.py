@@ -647,21 +647,31 @@ evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=("model", "
                            gpu=True)
 
 
-def alias_evaluation_stage(cfg, root: str, evaluation, label: str):
-    """Store-level stage: an evaluation's rows under another method's name.
+def alias_evaluation_stage(cfg, root: str, evaluation, label: str, turns: int | None = None):
+    """Store-level stage: an evaluation's rows under another method's name, cut to `turns` if given.
 
     For a method whose generator and verifier are those of an evaluation already made (an
     arm that had nothing to train on is the base model): the search would repeat it exactly.
+    With `turns`, the rows of turns 1..turns and their summary: the first t turns of a
+    T-turn search are the t-turn search (the same conversations, seeds and selections).
     """
     from mucode.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
     manifest = store.manifest(evaluation)
     original = manifest["evaluation"]
-    meta = {**original, "method": label, "details": {**original["details"], "same_as": original["method"]}}
-    return store.put_frame(store.get_frame(evaluation), stage=f"evaluate-{label}",
-                           config_hash=manifest.get("config_hash", ""), inputs=[evaluation.hash],
-                           extra={"evaluation": meta, "metrics": manifest["metrics"]})
+    rows, summary = store.get_frame(evaluation), manifest["metrics"]
+    if turns is None or turns == original["turns"]:
+        meta = {**original, "method": label, "details": {**original["details"], "same_as": original["method"]}}
+    else:
+        if not 1 <= turns < original["turns"]:
+            raise EvaluationError(f"cannot cut a {original['turns']}-turn evaluation to {turns} turns")
+        rows = rows.filter(pl.col("turn") <= turns)
+        summary = summarize(rows, seed=cfg.seed)
+        meta = {**original, "method": label, "turns": turns,
+                "details": {**original["details"], "first_turns_of": original["method"]}}
+    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=manifest.get("config_hash", ""),
+                           inputs=[evaluation.hash], extra={"evaluation": meta, "metrics": summary})
 
 
-alias_evaluation_task = stage_task(alias_evaluation_stage, name="evaluate-alias", sections=())
+alias_evaluation_task = stage_task(alias_evaluation_stage, name="evaluate-alias", sections=("seed",))
