@@ -18,17 +18,20 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 
 from mucode.artifacts import Artifact, ArtifactStore
+from mucode.budget import Shape, Speeds, problem_count, run_cost
 from mucode.config import Config, ConfigError
 from mucode.flows.experiment import IterationRecord, load_experiment
 from mucode.compare import iteration_label
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
+from mucode.power import power_table
 from mucode.tasks.compare import compare_task, reference_method
 from mucode.tasks.evaluate import VERIFIER_RULES, alias_evaluation_task, evaluate_task
 from mucode.tasks.problems import problems_task
@@ -47,9 +50,10 @@ class PlannedEvaluation:
     n: int
     selection: str
     datasets: tuple[str, ...] | None = None
-    turns: int = 0  # 0: evaluation.turns
+    turns: int = 0  # 0: evaluation.turns (the plan fills it in)
     arm: str = ""  # whose generator: "" is the base model
     iteration: int = 0  # which of the arm's iterations (0 for the base model)
+    reuses: str = ""  # the method whose rows it takes without a search ("" when it runs one)
 
     @property
     def uses_verifier(self) -> bool:
@@ -92,7 +96,8 @@ def evaluation_plan(cfg: Config) -> list[PlannedEvaluation]:
     multi_turn = _multi_turn_methods(cfg)
     plan = list(multi_turn)
     if turns > 1:
-        plan.append(PlannedEvaluation(SINGLE_TURN_BASE_LABEL, 1, SINGLE_CANDIDATE_RULE, turns=1))
+        # The first turn of the base model's N=1 search is its T=1 search (`alias_evaluation_stage`).
+        plan.append(PlannedEvaluation(SINGLE_TURN_BASE_LABEL, 1, SINGLE_CANDIDATE_RULE, turns=1, reuses=BASE_LABEL))
     for arm in (arm for arm in cfg.compare.arms if arm in SINGLE_TURN_POLICIES):
         plan += [PlannedEvaluation(iteration_label(arm, iteration, cfg.iterations), 1, SINGLE_CANDIDATE_RULE,
                                    turns=1, arm=arm, iteration=iteration)
@@ -108,7 +113,7 @@ def evaluation_plan(cfg: Config) -> list[PlannedEvaluation]:
         only = tuple(cfg.compare.ablation_datasets) if cfg.compare.ablation_datasets is not None else None
         plan += [PlannedEvaluation(reference, n, rule, only, arm=reference, iteration=cfg.iterations)
                  for rule in cfg.compare.ablation_selections if rule != selection]
-    return plan
+    return [replace(item, turns=item.turns or turns) for item in plan]
 
 
 def baseline_candidates(cfg: Config) -> list[PlannedEvaluation]:
@@ -129,8 +134,14 @@ def strongest_baseline(cfg: Config, n1_bon: dict[str, list[float]]) -> PlannedEv
                                              -candidates.index(item)))
 
 
-def compare_plan(cfg: Config) -> dict[str, Any]:
-    """What `mucode-compare` would run with this config, and the GPU commands it would build."""
+DEFAULT_DISCORDANCES = (0.1, 0.2, 0.3)  # until the base model's discordance is measured (--discordance)
+
+
+def compare_plan(cfg: Config, speeds: Speeds | None = None, shape: Shape | None = None,
+                 discordances: Sequence[float] = DEFAULT_DISCORDANCES) -> dict[str, Any]:
+    """What `mucode-compare` would run with this config, what it costs (`mucode.budget`, at
+    `speeds`), the paired differences its evaluation sizes resolve at 95% for each
+    discordance (`mucode.power`), and the GPU commands it would build."""
     from mucode import tasks
 
     stages = ["problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate", "compare"]
@@ -143,6 +154,9 @@ def compare_plan(cfg: Config) -> dict[str, Any]:
                                 "verifier (iteration 1)"],
         "evaluations": [asdict(item) for item in evaluation_plan(cfg)],
         "eval_datasets": list(cfg.data.eval_datasets),
+        "cost": run_cost(cfg, evaluation_plan(cfg), speeds, shape),
+        "power": power_table({dataset: problem_count(dataset, cfg.data.eval_split, cfg.data.eval_limit)
+                              for dataset in cfg.data.eval_datasets}, list(discordances)),
     }
     if cfg.compute.num_gpus > 0:
         plan["gpu"] = gpu_commands(cfg)
@@ -254,18 +268,41 @@ def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str
     return compare_task(cfg, root, evaluations=evaluations, phases=phases, training=training_summary(arms))
 
 
+def with_values(settings: Any, pairs: list[str]) -> Any:
+    """`settings` (a dataclass) with `name=value` pairs applied, each value cast to the field's type."""
+    known = {field.name: type(getattr(settings, field.name)) for field in fields(settings)}
+    updates = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in known:
+            raise ConfigError(f"unknown name {name!r} in {pair!r}: use one of {', '.join(known)}")
+        try:
+            updates[name] = known[name](value)
+        except ValueError:
+            raise ConfigError(f"{pair!r}: {value!r} is not a {known[name].__name__}") from None
+    return replace(settings, **updates)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = flow_argument_parser("mucode.flows.compare", mucode_compare.description, "configs/compare-cpu.yaml")
     parser.add_argument("--plan", action="store_true",
-                        help="print what would run (stages, evaluations, GPU commands) as JSON and exit")
+                        help="print what would run (stages, evaluations, cost, power, GPU commands) as JSON and exit")
+    parser.add_argument("--speed", action="append", default=[], metavar="NAME=TOK_PER_S",
+                        help=f"a measured speed for the plan's cost, repeatable; names: {', '.join(Speeds.__annotations__)}")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"a token count or rate for the plan's cost, repeatable; names: {', '.join(Shape.__annotations__)}")
+    parser.add_argument("--discordance", action="append", type=float, default=[], metavar="SHARE",
+                        help="share of problems two methods disagree on, for the plan's power table; repeatable "
+                             f"(default {', '.join(map(str, DEFAULT_DISCORDANCES))})")
     args = parser.parse_args(argv)
     try:
         cfg, _ = load_experiment(args.config, args.override)
+        speeds, shape = with_values(Speeds(), args.speed), with_values(Shape(), args.shape)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.plan:
-        print(json.dumps(compare_plan(cfg), indent=2))
+        print(json.dumps(compare_plan(cfg, speeds, shape, args.discordance or DEFAULT_DISCORDANCES), indent=2))
         return 0
     state = mucode_compare(config=args.config, overrides=args.override or None, return_state=True)
     if not state.is_completed():
