@@ -10,6 +10,7 @@ It runs no model and computes no single-evaluation metric (`mucode.tasks.evaluat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,6 +91,7 @@ class Difference:
     problems: int
     only_method: int = 0  # problems `method` solves and `against` does not
     only_against: int = 0  # and the reverse
+    n: int = 0  # candidates per turn of both evaluations
 
     @property
     def verdict(self) -> str:
@@ -128,11 +130,13 @@ def headline_differences(summaries: Sequence[EvaluationSummary], rows: Mapping[s
                          seed: int = 0) -> list[Difference]:
     """`method` at (n, selection) minus every other method at the same (n, selection), per dataset.
 
-    `rows` maps an evaluation's label to its rows.
+    `rows` maps an evaluation's label to its rows. At N=1 the rule is moot and ignored. A
+    method whose evaluation reuses another's rows (`same_as`: an untrained arm) is left out:
+    its difference is that of the method it copies.
     """
     def pick(candidate: str, dataset: str) -> EvaluationSummary | None:
-        return next((s for s in summaries if (s.method, s.dataset, s.n, s.selection) == (candidate, dataset, n, selection)
-                     and s.label in rows), None)
+        return next((s for s in summaries if (s.method, s.dataset, s.n) == (candidate, dataset, n)
+                     and (n == 1 or s.selection == selection) and s.label in rows), None)
 
     differences = []
     for dataset in dict.fromkeys(summary.dataset for summary in summaries):
@@ -141,12 +145,12 @@ def headline_differences(summaries: Sequence[EvaluationSummary], rows: Mapping[s
             continue
         for other in dict.fromkeys(summary.method for summary in summaries):
             theirs = pick(other, dataset) if other != method else None
-            if theirs is None:
+            if theirs is None or theirs.details.get("same_as"):
                 continue
             a, b = per_problem_bon(rows[ours.label], ours.turns), per_problem_bon(rows[theirs.label], theirs.turns)
             value, low, high, count = paired_difference(a, b, resamples=resamples, seed=seed)
             only_a, only_b = discordant_counts(a, b)
-            differences.append(Difference(method, other, dataset, value, low, high, count, only_a, only_b))
+            differences.append(Difference(method, other, dataset, value, low, high, count, only_a, only_b, n))
     return differences
 
 
@@ -166,11 +170,12 @@ def differences_table(differences: Sequence[Difference], iterations: int = 1) ->
         discordance = (d.only_method + d.only_against) / d.problems
         resolvable = min_resolvable_difference(d.problems, discordance)
         records.append({
-            "Dataset": dataset_title(d.dataset),
+            "Dataset": dataset_title(d.dataset), "N": str(d.n),
             "Comparison": f"{method_title(d.method, iterations)} − {method_title(d.against, iterations)}",
             "Δ BoN@T (points)": f"{100 * d.value:+.1f}", "95% CI": f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
             "Problems": str(d.problems), "Only first / only second": f"{d.only_method} / {d.only_against}",
-            "Resolvable Δ at this discordance": f"{100 * resolvable:.1f}", "Reading": d.verdict})
+            "Resolvable Δ at this discordance": "none" if math.isinf(resolvable) else f"{100 * resolvable:.1f}",
+            "Reading": d.verdict})
     return markdown_table(records)
 
 
@@ -319,12 +324,14 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
         "A cell `= X` reuses the evaluation of method X (the same generator and verifier): it is not a "
         "separate result.", "",
         markdown_table(table_records(titled(headline, iterations, untrained))), "",
-        f"## Paired differences ({method_title(reference_method, iterations)} minus each other method, N={n}, "
-        f"{selection})", "",
+        f"## Paired differences ({method_title(reference_method, iterations)} minus each other method, at N=1 "
+        f"and at N={n} with {selection})", "",
         "Problems are resampled jointly for both methods (paired bootstrap). *higher* / *lower*: the whole "
         "interval lies above / below zero; otherwise the difference is not distinguishable from noise at "
         "this number of problems. *Only first / only second*: problems one method solves and the other does "
-        "not; from them, the smallest difference an exact McNemar test resolves at 95% (`mucode.power`).", "",
+        "not; from them, the smallest difference an exact McNemar test resolves at 95% (`mucode.power`; "
+        "none: too few discordant problems for any split to be significant). A method that reuses another's "
+        "evaluation (no training data) is not listed: its difference is that method's.", "",
         differences_table(differences, iterations) if differences else "_(no pair of methods was evaluated alike)_",
         "",
         "## Problems only one method solves", "",

@@ -69,8 +69,9 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     rows = {summary.label: frame for summary, frame in laid_out}
     reference = reference_method(list(cfg.compare.arms))
     n, selection = cfg.evaluation.n, cfg.evaluation.selection
-    differences = headline_differences(summaries, rows, method=reference, n=n, selection=selection,
-                                       resamples=cfg.compare.bootstrap_resamples, seed=cfg.seed)
+    differences = [difference for size in dict.fromkeys((1, n))
+                   for difference in headline_differences(summaries, rows, method=reference, n=size, selection=selection,
+                                                          resamples=cfg.compare.bootstrap_resamples, seed=cfg.seed)]
     plot_turn_curves(titled([s for s in summaries if s.n == n and s.selection == selection], cfg.iterations),
                      out / ARM_CURVES_FILE)
     ablation = plot_selection_ablation(summaries, reference, n, out / ABLATION_FILE)
