@@ -9,8 +9,8 @@ import pytest
 
 from mucode.artifacts import ArtifactStore
 from mucode.compare import (
-    ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, CompareError, Difference, paired_difference, per_problem_bon,
-    stage_cost_table)
+    ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, CompareError, Difference, method_title, paired_difference,
+    per_problem_bon, stage_cost_table)
 from mucode.config import load_config
 from mucode.flows.compare import arm_config, compare_plan, evaluation_plan
 from mucode.flows.experiment import IterationRecord, read_iterations
@@ -152,27 +152,34 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
 
 @pytest.mark.slow
 def test_compare_flow_runs_every_arm_from_shared_base_rollouts(tmp_path, data_dir):
-    """The real flow on tiny settings: three arms, one shared rollout stage, a report."""
+    """The real flow on tiny settings: four arms, one shared rollout stage, a report with the single-turn rows."""
     from mucode.flows.compare import mucode_compare
 
     overrides = [f"run_dir={tmp_path}", f"data.data_dir={data_dir}", "data.train_limit=2", "data.eval_limit=1",
                  "data.eval_datasets=[humaneval]", "rollout.num_rollouts=2", "rollout.max_turns=1",
-                 "rollout.sampling.max_new_tokens=24", "evaluation.sampling.max_new_tokens=24", "evaluation.turns=1",
+                 "rollout.sampling.max_new_tokens=24", "evaluation.sampling.max_new_tokens=24", "evaluation.turns=2",
                  "evaluation.n=2", "evaluation.searches=1", "compare.ablation_selections=[pt]",
-                 "finetune.epochs=1", "verifier.epochs=1"]
+                 "compare.arms=[mucode,rft,oracle,single-turn-rft]", "finetune.epochs=1", "verifier.epochs=1"]
     report = Path(mucode_compare(config=str(CPU_CONFIG), overrides=overrides))
     text = report.read_text()
-    for method in ("Multi-turn Instruct (base)", "µCode", "Multi-turn RFT (Multi-STaR)", "Multi-STaR²"):
+    for method in ("Multi-turn Instruct (base)", "µCode", "Multi-turn RFT (Multi-STaR)", "Multi-STaR²",
+                   "Single-turn Instruct (base)", "Single-turn RFT"):
         assert f"| {method}" in text
+    assert "| Single-turn Instruct (base) | 1 | 1 |" in text  # N=1, T=1
     computed = [record["stage"] for record in read_timings(str(report.parents[1]))]
-    assert computed.count("rollout") == 1  # iteration 1's rollouts ran once for three arms
-    assert computed.count("relabel") == 3
+    assert computed.count("rollout") == 1  # iteration 1's rollouts ran once for four arms
+    assert computed.count("relabel") == 4
     states = sorted(path.parent.name for path in report.parents[1].glob("arms/*/state.json"))
-    assert states == ["mucode", "oracle", "rft"]
-    untrained = [arm for arm in ("rft", "oracle")
+    assert states == ["mucode", "oracle", "rft", "single-turn-rft"]
+    untrained = [arm for arm in ("rft", "oracle", "single-turn-rft")
                  if read_iterations(str(report.parents[1] / "arms" / arm))[-1].generator is None]
-    # An arm left at the base model is not searched again: it takes the base model's rows.
-    assert computed.count("evaluate-alias") == 2 * len(untrained)  # N=1 and N=2 on one dataset
+    for arm in untrained:
+        assert "no training data" in next(line for line in text.splitlines()
+                                          if line.startswith(f"| {method_title(arm)} — "))
+    # An arm left at the base model is not searched again: it takes the base model's rows (N=1 and N=2 for a
+    # multi-turn arm, T=1 for single-turn RFT), and the base model's T=1 row is the first turn of its N=1 search.
+    multi_turn = len([arm for arm in untrained if arm != "single-turn-rft"])
+    assert computed.count("evaluate-alias") == 2 * multi_turn + ("single-turn-rft" in untrained) + 1
 
 
 def test_an_aliased_evaluation_keeps_the_rows_under_the_new_name(tmp_path):
