@@ -16,9 +16,10 @@ measured on the machine (`Speeds`; the defaults are the measurements of issue 16
   relabels every aggregated turn; multi-turn RFT keeps the turns of successful
   trajectories; Multi-STaR² every turn of problems with a passing answer; single-turn RFT
   the passing first turns;
-- evaluation: problems × searches × N draws per turn, and every search runs all T turns
-  (evaluation never stops early, also after a public pass); rules lv and pt+lv also score
-  every candidate. An evaluation that reuses another's rows (an untrained arm, the base
+- evaluation: problems × searches × N draws per turn; every search runs all T turns (the
+  release), or with `evaluation.stop_at_public_pass` stops at its first public pass
+  (`Shape.eval_public_pass_rate` of the live searches per turn); rules lv and pt+lv also
+  score every candidate. An evaluation that reuses another's rows (an untrained arm, the base
   model's T = 1 row) costs nothing; the ablation's rules are fresh searches.
 
 It plans, it does not measure: `run_cost(cfg, plan)` returns the tokens and hours per item
@@ -60,6 +61,7 @@ class Shape:
     feedback_tokens: int = 120  # a feedback message (traceback or success line)
     train_pass_rate: float = 0.4  # share of rollout turns whose code passes (a trajectory stops at a pass)
     mixed_share: float = 0.5  # share of training problems with both a passing and a failing answer (BT pairs)
+    eval_public_pass_rate: float = 0.5  # share of live searches whose selected code passes publicly, per turn
 
 
 def problem_count(dataset: str, split: str, limit: int | None) -> int:
@@ -143,11 +145,14 @@ def training_costs(cfg: Config, shape: Shape, speeds: Speeds, arms: list[str]) -
 
 def evaluation_cost(cfg: Config, shape: Shape, speeds: Speeds, name: str, problems: int, n: int, turns: int,
                     uses_verifier: bool) -> dict[str, Any]:
-    """One search of `problems` problems: every search runs all `turns` turns with N draws each."""
+    """One search of `problems` problems, N draws per live search and turn: every search runs
+    all `turns` turns, or, with `evaluation.stop_at_public_pass`, until its first public pass."""
     answer = answer_tokens(shape, cfg.evaluation.sampling.max_new_tokens)
     searches = problems * cfg.evaluation.searches
-    draws = searches * n * turns
-    prefill = searches * n * sum(turn_prompt_tokens(shape, turn) for turn in range(1, turns + 1))
+    stay = 1 - shape.eval_public_pass_rate if cfg.evaluation.stop_at_public_pass else 1.0
+    alive = [stay ** (turn - 1) for turn in range(1, turns + 1)]
+    draws = searches * n * sum(alive)
+    prefill = searches * n * sum(share * turn_prompt_tokens(shape, turn) for turn, share in enumerate(alive, 1))
     scored = draws * (shape.prompt_tokens + answer) if uses_verifier else 0
     return _item(name, speeds, draws=draws, generated=draws * answer, prefilled=prefill, scored=scored)
 

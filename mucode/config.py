@@ -109,6 +109,9 @@ class EvaluationConfig(Section):
     selection: Selection = "pt+lv"
     scaling_ns: list[int] = [1, 2, 4, 8]
     sampling: SamplingConfig = SamplingConfig()
+    # True: a search stops generating at its first public pass (its submission); BoN@t is
+    # unchanged, solved@t and pass@k then count the submission. False (the release): all T turns.
+    stop_at_public_pass: bool = False
 
 
 class CompareConfig(Section):

@@ -64,3 +64,13 @@ def test_run_cost_counts_reused_evaluations_as_free_and_scales_with_speed():
     assert twice["total_hours"] < cost["total_hours"]
     assert cost["total_hours"] == pytest.approx(cost["training_hours"] + cost["evaluation_hours"], abs=0.02)
     assert cost["within_budget"] == (cost["total_hours"] <= Speeds().budget_hours)
+
+
+def test_stopping_at_the_public_pass_saves_the_turns_after_it():
+    cfg = load_config(CPU_CONFIG)
+    stopping = load_config(CPU_CONFIG, ["evaluation.stop_at_public_pass=true"])
+    shape = Shape(eval_public_pass_rate=0.5)
+    every = evaluation_cost(cfg, shape, Speeds(), "x", problems=8, n=5, turns=3, uses_verifier=False)
+    fewer = evaluation_cost(stopping, shape, Speeds(), "x", problems=8, n=5, turns=3, uses_verifier=False)
+    assert every["draws"] == 8 * 5 * 3 and fewer["draws"] == 8 * 5 * (1 + 0.5 + 0.25)
+    assert fewer["hours"] < every["hours"]
