@@ -399,7 +399,8 @@ class Interrupted(Exception):
     """Stands for the process dying after a checkpoint was written."""
 
 
-def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, searches: int) -> pl.DataFrame:
+def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, searches: int,
+                      stop_at_public_pass: bool = False) -> pl.DataFrame:
     """The rows checkpointed by a search that dies right after `turn`."""
     saved: list[pl.DataFrame] = []
 
@@ -410,7 +411,8 @@ def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, se
 
     with pytest.raises(Interrupted):
         run_search(problems_frame(), ScriptedEngine(), sandbox, None, n=n, turns=turns, searches=searches,
-                   selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3, on_turn=checkpoint)
+                   selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3, on_turn=checkpoint,
+                   stop_at_public_pass=stop_at_public_pass)
     return saved[-1]
 
 
@@ -672,17 +674,9 @@ def test_a_resumed_stopping_search_makes_the_rows_of_an_uninterrupted_one(sandbo
     settings = dict(n=2, turns=3, searches=2, selection="pt", sampling=SamplingParams(max_new_tokens=16), seed=3,
                     stop_at_public_pass=True)
     whole = run_search(problems_frame(), ScriptedEngine(), sandbox, None, **settings)
-    saved: list[pl.DataFrame] = []
-
-    def checkpoint(rows: pl.DataFrame) -> None:
-        saved.append(rows)
-        if len(saved) == turn:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        run_search(problems_frame(), ScriptedEngine(), sandbox, None, on_turn=checkpoint, **settings)
+    finished = interrupted_after(turn, sandbox, "pt", n=2, turns=3, searches=2, stop_at_public_pass=True)
     engine = ScriptedEngine()
-    resumed = run_search(problems_frame(), engine, sandbox, None, finished_rows=saved[-1], **settings)
+    resumed = run_search(problems_frame(), engine, sandbox, None, finished_rows=finished, **settings)
     assert resumed.sort("task_id", "search_id", "turn").equals(whole.sort("task_id", "search_id", "turn"))
     # The stopped searches (add) are not generated again; only neg's are.
     assert all("neg(x)" in conversation[0]["content"] for conversations, _ in engine.calls
