@@ -289,10 +289,16 @@ def test_compare_report_names_untrained_arms_and_reads_training_from_artifacts(t
     store = ArtifactStore(root)
     problems = [f"p{i}" for i in range(10)]
     n, selection = cfg.evaluation.n, cfg.evaluation.selection
-    base = _store_evaluation(store, "base", "mbpp", n, selection, {t: (1 if i < 3 else None) for i, t in enumerate(problems)})
-    mucode = _store_evaluation(store, "mucode", "mbpp", n, selection, {t: (1 if i < 6 else None) for i, t in enumerate(problems)})
-    oracle = _store_evaluation(store, "oracle", "mbpp", n, selection, {t: (1 if 2 <= i < 4 else None) for i, t in enumerate(problems)})
+
+    def solving(first: int, last: int) -> dict:  # problems p<first>..p<last - 1> solved at turn 1
+        return {task: (1 if first <= i < last else None) for i, task in enumerate(problems)}
+
+    base = _store_evaluation(store, "base", "mbpp", n, selection, solving(0, 3))
+    mucode = _store_evaluation(store, "mucode", "mbpp", n, selection, solving(0, 6))
+    oracle = _store_evaluation(store, "oracle", "mbpp", n, selection, solving(2, 4))
     rft = alias_evaluation_stage(cfg, root, base, label="rft")  # rft had nothing to train on
+    n1 = [_store_evaluation(store, "base", "mbpp", 1, "random", solving(0, 2)),
+          _store_evaluation(store, "mucode", "mbpp", 1, "random", solving(0, 4))]
     aggregated = store.put_frame(pl.DataFrame({"task_id": ["p0", "p0", "p1", "p2"], "final": [False, True, True, True],
                                                "oracle_passed": [False, True, False, False], "iteration": [1] * 4}),
                                  stage="aggregate")
@@ -306,7 +312,7 @@ def test_compare_report_names_untrained_arms_and_reads_training_from_artifacts(t
     training = {arm: [{"iteration": 1, "sft": sft(rows), "verifier": verifier, "aggregated": aggregated,
                        "generator": generator}]
                 for arm, rows, generator in (("mucode", 7, verifier), ("rft", 0, None), ("oracle", 2, verifier))}
-    text = Path(compare_stage(cfg, root, [base, mucode, rft, oracle], phases={}, training=training)).read_text()
+    text = Path(compare_stage(cfg, root, [*n1, base, mucode, rft, oracle], phases={}, training=training)).read_text()
     table1 = text.split("## Table 1 layout")[1].split("## Paired")[0]
     untrained = next(line for line in table1.splitlines() if line.startswith("| Multi-turn RFT"))
     assert "no training data" in untrained and "= Multi-turn Instruct (base)" in untrained
@@ -323,6 +329,7 @@ def test_compare_report_names_untrained_arms_and_reads_training_from_artifacts(t
     differences = text.split("## Paired differences")[1].split("## Problems only")[0]
     assert "| MBPP | 5 | µCode − Multi-turn Instruct (base) | +30.0 |" in differences and "| 3 / 0 |" in differences
     assert "µCode − Multi-turn RFT" not in differences  # RFT is the base model here: no second copy
+    assert "| MBPP | 1 | µCode − Multi-turn Instruct (base) | +20.0 |" in differences  # N=1 compared too
 
 
 def test_iteration_titles_name_the_iteration():
