@@ -227,6 +227,7 @@ def evaluate_all(cfg: Config, root: str, arms: dict[str, list[IterationRecord]],
                 elif (*same, full_turns) in done:
                     evaluation = alias_evaluation_task(cfg, root, evaluation=done[(*same, full_turns)],
                                                        label=item.method, turns=turns)
+                    done[(*same, turns)] = evaluation  # an untrained single-turn arm then shows `= <this>`
                 else:
                     evaluation = evaluate_task(turns_config(cfg, turns), root, problems=problems, generator=generator,
                                                verifier=verifier, selection=item.selection, n=item.n,
