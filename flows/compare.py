@@ -4,11 +4,12 @@ Every arm (`compare.arms`, each a `relabel.policy`) runs `train_arm` on one shar
 experiment directory, so the stages whose config sections and inputs agree between arms
 (problems, the base rollouts, their execution and aggregate, the first verifier) are
 computed once and are cache hits for the other arms; each arm keeps its iteration records
-under `ROOT/arms/<arm>/`. Then the base model and every arm are evaluated on the same
-problems at N=1 and at N=`evaluation.n` with `evaluation.selection`, the reference arm also
-with each rule of `compare.ablation_selections`, and the compare stage writes the report.
-`compare_plan` describes all of that, and the GPU commands, without running anything
-(`python -m mucode.flows.compare --plan`). Wiring only.
+under `ROOT/arms/<arm>/`. Then the base model and every iteration of every arm are evaluated
+on the same problems (`evaluation_plan`: N=1 rows, the single-turn rows at T=1, N=`evaluation.n`
+with `evaluation.selection`, the reference arm's selection ablation), and the compare stage
+writes the report. `compare_plan` describes all of that, the cost of the run and the
+differences it can resolve (`mucode.budget`, `mucode.power`), and the GPU commands, without
+running anything (`python -m mucode.flows.compare --plan`). Wiring only.
 """
 
 from __future__ import annotations
@@ -17,31 +18,42 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 
-from mucode.artifacts import Artifact
+from mucode.artifacts import Artifact, ArtifactStore
+from mucode.budget import Shape, Speeds, problem_count, run_cost
 from mucode.config import Config, ConfigError
-from mucode.flows.experiment import IterationRecord, load_experiment, read_iterations
+from mucode.flows.experiment import IterationRecord, load_experiment
+from mucode.compare import iteration_label
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
+from mucode.power import power_table
 from mucode.tasks.compare import compare_task, reference_method
 from mucode.tasks.evaluate import VERIFIER_RULES, alias_evaluation_task, evaluate_task
 from mucode.tasks.problems import problems_task
 
 SINGLE_CANDIDATE_RULE = "random"  # with N=1 every rule picks the one candidate; random needs no verifier
+SINGLE_TURN_POLICIES = ("single-turn-rft",)  # arms evaluated with T = 1 (Table 1's single-turn rows)
+SINGLE_TURN_BASE_LABEL = "single-turn-base"  # the base model at T = 1: "Single-turn Instruct"
+STRONGEST_BASELINE = "strongest-baseline"  # in compare.bon_methods: chosen at run time from the N=1 results
 
 
 @dataclass(frozen=True)
 class PlannedEvaluation:
     """One evaluation of the comparison, on every eval dataset unless `datasets` names some."""
 
-    method: str  # `base` or an arm
+    method: str  # base, single-turn-base, an arm (its last iteration), <arm>@iter<i>, or strongest-baseline
     n: int
     selection: str
     datasets: tuple[str, ...] | None = None
+    turns: int = 0  # 0: evaluation.turns (the plan fills it in)
+    arm: str = ""  # whose generator: "" is the base model
+    iteration: int = 0  # which of the arm's iterations (0 for the base model)
+    reuses: str = ""  # the method whose rows it takes without a search ("" when it runs one)
 
     @property
     def uses_verifier(self) -> bool:
@@ -53,26 +65,83 @@ def arm_config(cfg: Config, arm: str) -> Config:
     return cfg.model_copy(update={"relabel": cfg.relabel.model_copy(update={"policy": arm})})
 
 
+def turns_config(cfg: Config, turns: int) -> Config:
+    """The config with `evaluation.turns` set (the single-turn rows run T = 1)."""
+    return cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"turns": turns})})
+
+
 def arm_state_root(root: str, arm: str) -> str:
     return f"{root}/arms/{arm}"
 
 
+def _multi_turn_methods(cfg: Config) -> list[PlannedEvaluation]:
+    """The base model and every iteration of every multi-turn arm, as N=1 evaluations at T turns."""
+    methods = [PlannedEvaluation(BASE_LABEL, 1, SINGLE_CANDIDATE_RULE)]
+    for arm in (arm for arm in cfg.compare.arms if arm not in SINGLE_TURN_POLICIES):
+        methods += [PlannedEvaluation(iteration_label(arm, iteration, cfg.iterations), 1, SINGLE_CANDIDATE_RULE,
+                                      arm=arm, iteration=iteration) for iteration in range(1, cfg.iterations + 1)]
+    return methods
+
+
 def evaluation_plan(cfg: Config) -> list[PlannedEvaluation]:
-    """Base and every arm at N=1 and at N=evaluation.n; the reference arm with every ablation rule."""
-    n, selection = cfg.evaluation.n, cfg.evaluation.selection
-    methods = [BASE_LABEL, *cfg.compare.arms]
-    plan = [PlannedEvaluation(method, 1, SINGLE_CANDIDATE_RULE) for method in methods]
+    """Table 1's rows, then the reference arm's selection ablation.
+
+    N=1 at T turns: the base model and each iteration of each multi-turn arm. N=1 at T=1: the
+    base model (Single-turn Instruct) and each iteration of each single-turn arm. N=n with
+    `evaluation.selection`: the methods of `compare.bon_methods` (every multi-turn method when
+    unset; `strongest-baseline` is resolved after the N=1 rows) on `compare.bon_datasets`.
+    The ablation: the reference arm's last iteration with every other rule.
+    """
+    n, selection, turns = cfg.evaluation.n, cfg.evaluation.selection, cfg.evaluation.turns
+    multi_turn = _multi_turn_methods(cfg)
+    plan = list(multi_turn)
+    if turns > 1:
+        # The first turn of the base model's N=1 search is its T=1 search (`alias_evaluation_stage`).
+        plan.append(PlannedEvaluation(SINGLE_TURN_BASE_LABEL, 1, SINGLE_CANDIDATE_RULE, turns=1, reuses=BASE_LABEL))
+    for arm in (arm for arm in cfg.compare.arms if arm in SINGLE_TURN_POLICIES):
+        plan += [PlannedEvaluation(iteration_label(arm, iteration, cfg.iterations), 1, SINGLE_CANDIDATE_RULE,
+                                   turns=1, arm=arm, iteration=iteration)
+                 for iteration in range(1, cfg.iterations + 1)]
     if n > 1:
-        plan += [PlannedEvaluation(method, n, selection) for method in methods]
+        wanted = cfg.compare.bon_methods
+        bon_datasets = tuple(cfg.compare.bon_datasets) if cfg.compare.bon_datasets is not None else None
+        plan += [replace(item, n=n, selection=selection, datasets=bon_datasets) for item in multi_turn
+                 if wanted is None or item.method in wanted]
+        if wanted is not None and STRONGEST_BASELINE in wanted:
+            plan.append(PlannedEvaluation(STRONGEST_BASELINE, n, selection, bon_datasets))
         reference = reference_method(list(cfg.compare.arms))
         only = tuple(cfg.compare.ablation_datasets) if cfg.compare.ablation_datasets is not None else None
-        plan += [PlannedEvaluation(reference, n, rule, only) for rule in cfg.compare.ablation_selections
-                 if rule != selection]
-    return plan
+        plan += [PlannedEvaluation(reference, n, rule, only, arm=reference, iteration=cfg.iterations)
+                 for rule in cfg.compare.ablation_selections if rule != selection]
+    return [replace(item, turns=item.turns or turns) for item in plan]
 
 
-def compare_plan(cfg: Config) -> dict[str, Any]:
-    """What `mucode-compare` would run with this config, and the GPU commands it would build."""
+def baseline_candidates(cfg: Config) -> list[PlannedEvaluation]:
+    """What `strongest-baseline` chooses from: the base model and the last iteration of every
+    multi-turn arm other than the reference one."""
+    reference = reference_method(list(cfg.compare.arms))
+    return [item for item in _multi_turn_methods(cfg)
+            if item.arm != reference and (not item.arm or item.iteration == cfg.iterations)]
+
+
+def strongest_baseline(cfg: Config, n1_bon: dict[str, list[float]]) -> PlannedEvaluation:
+    """The baseline with the highest mean N=1 BoN@T over the datasets (`n1_bon`: method -> values);
+    ties go to the earlier in `baseline_candidates`."""
+    candidates = [item for item in baseline_candidates(cfg) if n1_bon.get(item.method)]
+    if not candidates:
+        raise ConfigError("compare.bon_methods names strongest-baseline but no baseline has an N=1 result")
+    return max(candidates, key=lambda item: (sum(n1_bon[item.method]) / len(n1_bon[item.method]),
+                                             -candidates.index(item)))
+
+
+DEFAULT_DISCORDANCES = (0.1, 0.2, 0.3)  # until the base model's discordance is measured (--discordance)
+
+
+def compare_plan(cfg: Config, speeds: Speeds | None = None, shape: Shape | None = None,
+                 discordances: Sequence[float] = DEFAULT_DISCORDANCES) -> dict[str, Any]:
+    """What `mucode-compare` would run with this config, what it costs (`mucode.budget`, at
+    `speeds`), the paired differences its evaluation sizes resolve at 95% for each
+    discordance (`mucode.power`), and the GPU commands it would build."""
     from mucode import tasks
 
     stages = ["problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate", "compare"]
@@ -85,6 +154,9 @@ def compare_plan(cfg: Config) -> dict[str, Any]:
                                 "verifier (iteration 1)"],
         "evaluations": [asdict(item) for item in evaluation_plan(cfg)],
         "eval_datasets": list(cfg.data.eval_datasets),
+        "cost": run_cost(cfg, evaluation_plan(cfg), speeds, shape),
+        "power": power_table({dataset: problem_count(dataset, cfg.data.eval_split, cfg.data.eval_limit)
+                              for dataset in cfg.data.eval_datasets}, list(discordances)),
     }
     if cfg.compute.num_gpus > 0:
         plan["gpu"] = gpu_commands(cfg)
@@ -121,37 +193,57 @@ def timed(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = round(time.perf_counter() - started, 1)
 
 
-def first_verifier(state_root: str) -> Artifact:
-    """Iteration 1's verifier: trained on the base rollouts, the same for every arm."""
-    return read_iterations(state_root)[0].verifier
-
-
-def evaluate_all(cfg: Config, root: str, arms: dict[str, IterationRecord], base_verifier: Artifact,
+def evaluate_all(cfg: Config, root: str, arms: dict[str, list[IterationRecord]],
                  phases: dict[str, float]) -> list[Artifact]:
     """Every planned evaluation on every dataset, the Table 1 rows first and the ablation last.
 
-    A method with the same generator and verifier as one already evaluated (an arm that had
-    nothing to train on is the base model) gets that evaluation's rows under its own name.
+    The base model is scored by iteration 1's verifier (trained on the base rollouts, the same
+    for every arm). A method with the same generator, verifier and N as one already evaluated
+    (an arm that had nothing to train on is the base model) gets that evaluation's rows under
+    its own name, cut to its turns when it has fewer (T = 1 is the first turn of a T-turn search).
     """
     datasets = {dataset: problems_task(cfg, root, dataset=dataset, split=cfg.data.eval_split, limit=cfg.data.eval_limit)
                 for dataset in cfg.data.eval_datasets}
-    evaluations, done = [], {}
+    base_verifier = next(iter(arms.values()))[0].verifier
+    store, full_turns = ArtifactStore(root), cfg.evaluation.turns
+    evaluations, done, n1_bon, evaluated = [], {}, {}, set()
     for item in evaluation_plan(cfg):
-        record = arms.get(item.method)
+        if item.method == STRONGEST_BASELINE:
+            item = replace(strongest_baseline(cfg, n1_bon), n=item.n, selection=item.selection, datasets=item.datasets)
+            if (item.method, item.n, item.selection) in evaluated:
+                continue  # already among bon_methods
+        evaluated.add((item.method, item.n, item.selection))
+        record = arms[item.arm][item.iteration - 1] if item.arm else None
         generator = record.generator if record else None
         verifier = (record.verifier if record else base_verifier) if item.uses_verifier else None
+        turns = item.turns or full_turns
         for dataset, problems in datasets.items():
             if item.datasets is not None and dataset not in item.datasets:
                 continue
             same = (dataset, item.n, item.selection, generator.hash if generator else "", verifier.hash if verifier else "")
-            with timed(phases, f"evaluate {item.method} N={item.n} {item.selection} on {dataset}"):
-                if same in done:
-                    evaluations.append(alias_evaluation_task(cfg, root, evaluation=done[same], label=item.method))
-                    continue
-                done[same] = evaluate_task(cfg, root, problems=problems, generator=generator, verifier=verifier,
-                                           selection=item.selection, n=item.n, label=item.method)
-                evaluations.append(done[same])
+            with timed(phases, f"evaluate {item.method} N={item.n} T={turns} {item.selection} on {dataset}"):
+                if (*same, turns) in done:
+                    evaluation = alias_evaluation_task(cfg, root, evaluation=done[(*same, turns)], label=item.method)
+                elif (*same, full_turns) in done:
+                    evaluation = alias_evaluation_task(cfg, root, evaluation=done[(*same, full_turns)],
+                                                       label=item.method, turns=turns)
+                    done[(*same, turns)] = evaluation  # an untrained single-turn arm then shows `= <this>`
+                else:
+                    evaluation = evaluate_task(turns_config(cfg, turns), root, problems=problems, generator=generator,
+                                               verifier=verifier, selection=item.selection, n=item.n,
+                                               label=item.method)
+                    done[(*same, turns)] = evaluation
+            evaluations.append(evaluation)
+            if item.n == 1 and turns == full_turns:
+                n1_bon.setdefault(item.method, []).append(store.manifest(evaluation)["metrics"][f"bon@{turns}"])
     return evaluations
+
+
+def training_summary(arms: dict[str, list[IterationRecord]]) -> dict[str, list[dict[str, Any]]]:
+    """What the compare stage reports of each arm's iterations: its SFT data, verifier and generator."""
+    return {arm: [{"iteration": record.iteration, "sft": record.sft, "verifier": record.verifier,
+                   "aggregated": record.aggregated, "generator": record.generator} for record in records]
+            for arm, records in arms.items()}
 
 
 @flow(name="mucode-compare", log_prints=True)
@@ -169,27 +261,49 @@ def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str
     logger = get_run_logger()
     logger.info("comparing %s over %d iteration(s) in %s", ", ".join(cfg.compare.arms), cfg.iterations, root)
     phases: dict[str, float] = {}
-    arms: dict[str, IterationRecord] = {}
+    arms: dict[str, list[IterationRecord]] = {}
     for arm in cfg.compare.arms:
         with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
             arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
-    base_verifier = first_verifier(arm_state_root(root, cfg.compare.arms[0]))
-    evaluations = evaluate_all(cfg, root, arms, base_verifier, phases)
-    return compare_task(cfg, root, evaluations=evaluations, phases=phases)
+    evaluations = evaluate_all(cfg, root, arms, phases)
+    return compare_task(cfg, root, evaluations=evaluations, phases=phases, training=training_summary(arms))
+
+
+def with_values(settings: Any, pairs: list[str]) -> Any:
+    """`settings` (a dataclass) with `name=value` pairs applied, each value cast to the field's type."""
+    known = {field.name: type(getattr(settings, field.name)) for field in fields(settings)}
+    updates = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in known:
+            raise ConfigError(f"unknown name {name!r} in {pair!r}: use one of {', '.join(known)}")
+        try:
+            updates[name] = known[name](value)
+        except ValueError:
+            raise ConfigError(f"{pair!r}: {value!r} is not a {known[name].__name__}") from None
+    return replace(settings, **updates)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = flow_argument_parser("mucode.flows.compare", mucode_compare.description, "configs/compare-cpu.yaml")
     parser.add_argument("--plan", action="store_true",
-                        help="print what would run (stages, evaluations, GPU commands) as JSON and exit")
+                        help="print what would run (stages, evaluations, cost, power, GPU commands) as JSON and exit")
+    parser.add_argument("--speed", action="append", default=[], metavar="NAME=TOK_PER_S",
+                        help=f"a measured speed for the plan's cost, repeatable; names: {', '.join(Speeds.__annotations__)}")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"a token count or rate for the plan's cost, repeatable; names: {', '.join(Shape.__annotations__)}")
+    parser.add_argument("--discordance", action="append", type=float, default=[], metavar="SHARE",
+                        help="share of problems two methods disagree on, for the plan's power table; repeatable "
+                             f"(default {', '.join(map(str, DEFAULT_DISCORDANCES))})")
     args = parser.parse_args(argv)
     try:
         cfg, _ = load_experiment(args.config, args.override)
+        speeds, shape = with_values(Speeds(), args.speed), with_values(Shape(), args.shape)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.plan:
-        print(json.dumps(compare_plan(cfg), indent=2))
+        print(json.dumps(compare_plan(cfg, speeds, shape, args.discordance or DEFAULT_DISCORDANCES), indent=2))
         return 0
     state = mucode_compare(config=args.config, overrides=args.override or None, return_state=True)
     if not state.is_completed():

@@ -1,43 +1,75 @@
-"""Flow `mucode-evaluate`: multi-turn Best-of-N of a trained generator and the base model, then the report.
+"""Flow `mucode-evaluate`: multi-turn Best-of-N of trained generators and the base model, then the report.
 
-`evaluate_and_report` wires, for every `cfg.data.eval_datasets`, the evaluation of the
-generator (with its verifier and the configured selection rule) and of the base model
-(selection `pt`, no verifier), then the report. `mucode-train` calls it after the last
-iteration. Wiring only.
+`evaluate_and_report` wires, for every `cfg.data.eval_datasets`, the evaluation of each
+given iteration's generator (with its verifier) and of the base model, all with the same
+selection rule `evaluation.selection` (like with like: the base model is scored by the
+first given iteration's verifier, as in `mucode-compare`), then the report.
+`mucode-train` calls it with every iteration it ran. Wiring only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from prefect import flow, get_run_logger
 
 from mucode.artifacts import Artifact
+from mucode.compare import iteration_label
 from mucode.config import Config
-from mucode.flows.experiment import load_experiment, read_iterations
-from mucode.tasks.evaluate import evaluate_task
+from mucode.flows.experiment import IterationRecord, load_experiment, read_iterations
+from mucode.tasks.evaluate import VERIFIER_RULES, evaluate_task
 from mucode.tasks.problems import problems_task
 from mucode.tasks.report import report_task
 
 BASE_LABEL = "base"
+NO_VERIFIER_RULE = "pt"  # the rule for the base model when no iteration has trained a verifier
 
 
-def evaluate_generator(cfg: Config, root: str, generator: Artifact | None,
-                       verifier: Artifact | None) -> list[Artifact]:
-    """Evaluations on every eval dataset: the generator (when given) and the base model."""
+@dataclass(frozen=True)
+class PlannedGenerator:
+    """One generator to evaluate at N = evaluation.n: its method name, model, verifier and selection rule."""
+
+    label: str
+    generator: Artifact | None  # None: the base model
+    verifier: Artifact | None
+    selection: str
+
+
+def generators_to_evaluate(cfg: Config, records: Sequence[IterationRecord]) -> list[PlannedGenerator]:
+    """Each record's generator with its own verifier, then the base model with the first record's verifier.
+
+    Every one uses `evaluation.selection`, so the base row and the trained rows differ only
+    in the generator (and the verifier's iteration). With no record there is no verifier:
+    the base model alone, with `pt` when the configured rule needs a verifier. A record that
+    trained nothing (generator None) is the base model, evaluated once as such.
+    """
+    selection = cfg.evaluation.selection
+    if not records:
+        return [PlannedGenerator(BASE_LABEL, None, None,
+                                 NO_VERIFIER_RULE if selection in VERIFIER_RULES else selection)]
+    last = records[-1].iteration
+    planned = [PlannedGenerator(iteration_label(cfg.relabel.policy, record.iteration, last), record.generator,
+                                record.verifier, selection) for record in records if record.generator is not None]
+    return [*planned, PlannedGenerator(BASE_LABEL, None, records[0].verifier, selection)]
+
+
+def evaluate_generators(cfg: Config, root: str, records: Sequence[IterationRecord]) -> list[Artifact]:
+    """The evaluations of `generators_to_evaluate` on every eval dataset."""
     evaluations = []
     for dataset in cfg.data.eval_datasets:
         problems = problems_task(cfg, root, dataset=dataset, split=cfg.data.eval_split, limit=cfg.data.eval_limit)
-        if generator is not None:
-            evaluations.append(evaluate_task(cfg, root, problems=problems, generator=generator, verifier=verifier,
-                                             selection=cfg.evaluation.selection, n=cfg.evaluation.n,
-                                             label=cfg.relabel.policy))
-        evaluations.append(evaluate_task(cfg, root, problems=problems, generator=None, verifier=None,
-                                         selection="pt", n=cfg.evaluation.n, label=BASE_LABEL))
+        for planned in generators_to_evaluate(cfg, records):
+            verifier = planned.verifier if planned.selection in VERIFIER_RULES else None
+            evaluations.append(evaluate_task(cfg, root, problems=problems, generator=planned.generator,
+                                             verifier=verifier, selection=planned.selection, n=cfg.evaluation.n,
+                                             label=planned.label))
     return evaluations
 
 
-def evaluate_and_report(cfg: Config, root: str, generator: Artifact | None, verifier: Artifact | None) -> str:
+def evaluate_and_report(cfg: Config, root: str, records: Sequence[IterationRecord]) -> str:
     """Evaluate and write the report (the report stage also shows it in the Prefect UI); returns its path."""
-    return report_task(cfg, root, evaluations=evaluate_generator(cfg, root, generator, verifier))
+    return report_task(cfg, root, evaluations=evaluate_generators(cfg, root, records))
 
 
 @flow(name="mucode-evaluate", log_prints=True)
@@ -61,5 +93,4 @@ def mucode_evaluate(config: str = "configs/smoke.yaml", overrides: list[str] | N
         raise ValueError(f"iteration {chosen} of {cfg.name} has not completed (completed: {completed}): run "
                          "mucode-train or mucode-iteration first, or pass iteration=0 for the base model")
     get_run_logger().info("evaluating %s", f"iteration {chosen}" if chosen else "the base model only")
-    record = records.get(chosen)
-    return evaluate_and_report(cfg, root, record.generator if record else None, record.verifier if record else None)
+    return evaluate_and_report(cfg, root, [records[chosen]] if chosen else [])

@@ -20,18 +20,17 @@ from mucode.flows.experiment import IterationRecord, load_experiment
 from mucode.flows.iteration import run_iteration
 
 
-def train_arm(cfg: Config, root: str, state_root: str | None = None) -> IterationRecord:
-    """Iterations 1..cfg.iterations, each from the previous one's generator and aggregate."""
-    record = None
+def train_arm(cfg: Config, root: str, state_root: str | None = None) -> list[IterationRecord]:
+    """Iterations 1..cfg.iterations, each from the previous one's generator and aggregate; their records."""
+    records: list[IterationRecord] = []
     for iteration in range(1, cfg.iterations + 1):
-        record = run_iteration(cfg, root, iteration, record, state_root=state_root)
-    assert record is not None  # Config guarantees iterations >= 1
-    return record
+        records.append(run_iteration(cfg, root, iteration, records[-1] if records else None, state_root=state_root))
+    return records
 
 
 @flow(name="mucode-train", log_prints=True)
 def mucode_train(config: str = "configs/smoke.yaml", overrides: list[str] | None = None) -> str:
-    """Train M = config.iterations iterations, then evaluate the last generator and the base model.
+    """Train M = config.iterations iterations, then evaluate every iteration's generator and the base model.
 
     Args:
         config: path of a YAML config, relative to the repository.
@@ -42,8 +41,7 @@ def mucode_train(config: str = "configs/smoke.yaml", overrides: list[str] | None
     """
     cfg, root = load_experiment(config, overrides)
     get_run_logger().info("experiment %s: %d iteration(s) in %s", cfg.name, cfg.iterations, root)
-    last = train_arm(cfg, root)
-    return evaluate_and_report(cfg, root, last.generator, last.verifier)
+    return evaluate_and_report(cfg, root, train_arm(cfg, root))
 
 
 def _ui_hint(flow_run_id: object) -> str:

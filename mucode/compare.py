@@ -10,7 +10,8 @@ It runs no model and computes no single-evaluation metric (`mucode.tasks.evaluat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,45 @@ METHOD_TITLES = {
     "oracle": "Multi-STaR²",
     "mucode-r": "µCode-R",
     "single-turn-rft": "Single-turn RFT",
+    "single-turn-base": "Single-turn Instruct (base)",
 }
 RULE_ORDER = ("random", "lv", "pt", "pt+lv")
+ITERATION_MARK = "@iter"
+SOLVED_SHARE = 0.5  # a problem counts as solved by a method when its BoN@T over searches is at least this
 
 
-def method_title(method: str) -> str:
-    return METHOD_TITLES.get(method, method)
+def iteration_label(arm: str, iteration: int, iterations: int) -> str:
+    """The method name of an arm's generator after `iteration` of `iterations`: the arm itself
+    for the last one, `<arm>@iter<i>` for an earlier one (Table 1 reports Iter 1 and Iter 2)."""
+    return arm if iteration == iterations else f"{arm}{ITERATION_MARK}{iteration}"
 
 
-def titled(summaries: Sequence[EvaluationSummary]) -> list[EvaluationSummary]:
-    """The summaries with their methods' display names (for tables and legends)."""
-    return [replace(summary, method=method_title(summary.method)) for summary in summaries]
+def method_title(method: str, iterations: int = 1) -> str:
+    """Display name: `mucode@iter1` -> "µCode (Iter 1)"; an arm's last iteration says its number when M > 1."""
+    arm, _, iteration = method.partition(ITERATION_MARK)
+    title = METHOD_TITLES.get(arm, arm)
+    if iteration:
+        return f"{title} (Iter {iteration})"
+    is_arm = arm in METHOD_TITLES and arm not in ("base", "single-turn-base")
+    return f"{title} (Iter {iterations})" if iterations > 1 and is_arm else title
+
+
+def titled(summaries: Sequence[EvaluationSummary], iterations: int = 1,
+           untrained: Collection[str] = ()) -> list[EvaluationSummary]:
+    """The summaries with their methods' display names (for tables and legends).
+
+    A method in `untrained` (its arm had no training data) says so in its name, and an
+    evaluation that reuses another's rows names that method (`same_as`), so a row never
+    passes off the base model's numbers as a trained arm's.
+    """
+    result = []
+    for summary in summaries:
+        name = method_title(summary.method, iterations) + (" — no training data" if summary.method in untrained else "")
+        details = dict(summary.details)
+        if details.get("same_as"):
+            details["same_as"] = method_title(details["same_as"], iterations)
+        result.append(replace(summary, method=name, details=details))
+    return result
 
 
 class CompareError(ValueError):
@@ -60,6 +89,9 @@ class Difference:
     low: float
     high: float
     problems: int
+    only_method: int = 0  # problems `method` solves and `against` does not
+    only_against: int = 0  # and the reverse
+    n: int = 0  # candidates per turn of both evaluations
 
     @property
     def verdict(self) -> str:
@@ -98,11 +130,13 @@ def headline_differences(summaries: Sequence[EvaluationSummary], rows: Mapping[s
                          seed: int = 0) -> list[Difference]:
     """`method` at (n, selection) minus every other method at the same (n, selection), per dataset.
 
-    `rows` maps an evaluation's label to its rows.
+    `rows` maps an evaluation's label to its rows. At N=1 the rule is moot and ignored. A
+    method whose evaluation reuses another's rows (`same_as`: an untrained arm) is left out:
+    its difference is that of the method it copies.
     """
     def pick(candidate: str, dataset: str) -> EvaluationSummary | None:
-        return next((s for s in summaries if (s.method, s.dataset, s.n, s.selection) == (candidate, dataset, n, selection)
-                     and s.label in rows), None)
+        return next((s for s in summaries if (s.method, s.dataset, s.n) == (candidate, dataset, n)
+                     and (n == 1 or s.selection == selection) and s.label in rows), None)
 
     differences = []
     for dataset in dict.fromkeys(summary.dataset for summary in summaries):
@@ -111,20 +145,89 @@ def headline_differences(summaries: Sequence[EvaluationSummary], rows: Mapping[s
             continue
         for other in dict.fromkeys(summary.method for summary in summaries):
             theirs = pick(other, dataset) if other != method else None
-            if theirs is None:
+            if theirs is None or theirs.details.get("same_as"):
                 continue
-            value, low, high, count = paired_difference(
-                per_problem_bon(rows[ours.label], ours.turns), per_problem_bon(rows[theirs.label], theirs.turns),
-                resamples=resamples, seed=seed)
-            differences.append(Difference(method, other, dataset, value, low, high, count))
+            a, b = per_problem_bon(rows[ours.label], ours.turns), per_problem_bon(rows[theirs.label], theirs.turns)
+            value, low, high, count = paired_difference(a, b, resamples=resamples, seed=seed)
+            only_a, only_b = discordant_counts(a, b)
+            differences.append(Difference(method, other, dataset, value, low, high, count, only_a, only_b, n))
     return differences
 
 
-def differences_table(differences: Sequence[Difference]) -> str:
-    records = [{"Dataset": dataset_title(d.dataset), "Comparison": f"{method_title(d.method)} − {method_title(d.against)}",
-                "Δ BoN@T (points)": f"{100 * d.value:+.1f}", "95% CI": f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
-                "Problems": str(d.problems), "Reading": d.verdict} for d in differences]
+def discordant_counts(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[int, int]:
+    """(problems solved by a and not b, by b and not a) over the shared problems (solved: BoN@T >= SOLVED_SHARE)."""
+    common = set(a) & set(b)
+    only_a = sum(1 for task in common if a[task] >= SOLVED_SHARE > b[task])
+    only_b = sum(1 for task in common if b[task] >= SOLVED_SHARE > a[task])
+    return only_a, only_b
+
+
+def differences_table(differences: Sequence[Difference], iterations: int = 1) -> str:
+    from mucode.power import min_resolvable_difference
+
+    records = []
+    for d in differences:
+        discordance = (d.only_method + d.only_against) / d.problems
+        resolvable = min_resolvable_difference(d.problems, discordance)
+        records.append({
+            "Dataset": dataset_title(d.dataset), "N": str(d.n),
+            "Comparison": f"{method_title(d.method, iterations)} − {method_title(d.against, iterations)}",
+            "Δ BoN@T (points)": f"{100 * d.value:+.1f}", "95% CI": f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
+            "Problems": str(d.problems), "Only first / only second": f"{d.only_method} / {d.only_against}",
+            "Resolvable Δ at this discordance": "none" if math.isinf(resolvable) else f"{100 * resolvable:.1f}",
+            "Reading": d.verdict})
     return markdown_table(records)
+
+
+def unique_solves(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.DataFrame],
+                  iterations: int = 1) -> list[dict[str, str]]:
+    """Per dataset and N: how many problems each method solves, and how many of those no other method does.
+
+    The methods are those evaluated alike at full T (each N with its one selection rule):
+    the base model and each arm's last iteration, leaving out evaluations that reuse another's rows.
+    """
+    chosen = [s for s in summaries if s.label in rows and not s.details.get("same_as")
+              and not s.details.get("first_turns_of") and ITERATION_MARK not in s.method]
+    records = []
+    groups = dict.fromkeys((s.dataset, s.n, s.selection, s.turns) for s in chosen)
+    for dataset, n, selection, turns in groups:
+        group = [s for s in chosen if (s.dataset, s.n, s.selection, s.turns) == (dataset, n, selection, turns)]
+        if len(group) < 2:
+            continue
+        solved = {s.method: {task for task, value in per_problem_bon(rows[s.label], turns).items()
+                             if value >= SOLVED_SHARE} for s in group}
+        for s in group:
+            others = set().union(*(tasks for method, tasks in solved.items() if method != s.method))
+            only = solved[s.method] - others
+            problems = int(s.metrics.get("problems", 0)) or 1
+            records.append({"Dataset": dataset_title(dataset), "N": str(n), "Selection": selection if n > 1 else "–",
+                            "Method": method_title(s.method, iterations), "Solves": str(len(solved[s.method])),
+                            "Solved by no other method": str(len(only)),
+                            "% of problems": percent(len(only) / problems)})
+    return records
+
+
+def training_table(training: Sequence[Mapping[str, Any]], iterations: int = 1) -> str:
+    """One row per arm and iteration: rollout pass rate, SFT examples, generator, verifier AUC."""
+    records = []
+    for entry in training:
+        auc = entry.get("heldout_auc")
+        records.append({
+            "Arm": method_title(str(entry["arm"])), "Iteration": str(entry["iteration"]),
+            "Rollout final-turn pass rate (%)": percent(entry["rollout_pass_rate"])
+            if entry.get("rollout_pass_rate") is not None else "–",
+            "SFT examples": str(entry["examples"]), "SFT problems": str(entry.get("problems", "–")),
+            "Target pass rate (%)": percent(entry["target_pass_rate"]) if entry.get("target_pass_rate") is not None
+            else "–",
+            "Generator": entry["generator_state"],
+            "Verifier held-out AUC": "–" if auc is None or auc != auc else f"{auc:.3f}"})
+    return markdown_table(records)
+
+
+def untrained_methods(training: Sequence[Mapping[str, Any]], iterations: int) -> set[str]:
+    """The method labels whose iteration had no SFT example."""
+    return {iteration_label(str(entry["arm"]), int(entry["iteration"]), iterations) for entry in training
+            if int(entry["examples"]) == 0}
 
 
 def stage_cost_table(timings: Sequence[Mapping[str, Any]]) -> str:
@@ -199,8 +302,12 @@ def ablation_table(summaries: Sequence[EvaluationSummary], method: str, n: int) 
 def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[EvaluationSummary],
                      differences: Sequence[Difference], timings: Sequence[Mapping[str, Any]],
                      phases: Mapping[str, float], reference_method: str, n: int, selection: str,
-                     has_ablation_plot: bool, curves_file: str) -> str:
-    """The compare report: Table 1, paired differences, curves, ablation, costs, configuration."""
+                     has_ablation_plot: bool, curves_file: str, training: Sequence[Mapping[str, Any]] = (),
+                     only_solved: Sequence[Mapping[str, str]] = ()) -> str:
+    """The compare report: training data, Table 1, paired differences, unique solves, curves, ablation, costs,
+    configuration."""
+    iterations = int(config.get("iterations", 1))
+    untrained = untrained_methods(training, iterations)
     headline = [s for s in summaries if s.n in (1, n) and (s.n == 1 or s.selection == selection)]
     parts = [
         f"# µCode against its baselines: `{config.get('name', '')}`", "",
@@ -208,14 +315,32 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
         "same problems. Numbers are **BoN@T** in percent (T turns; the submitted answer is the first turn "
         "whose selected code passes the public tests, and it counts if it also passes the private tests), "
         "mean over problems and searches, with a 95% percentile-bootstrap interval over problems.", "",
-        "## Table 1 layout", "", markdown_table(table_records(titled(headline))), "",
-        f"## Paired differences ({method_title(reference_method)} minus each other method, N={n}, {selection})", "",
+        "## Training data per arm", "",
+        "Rollout pass rate: the share of rollouts whose final turn passes the oracle (the aggregate of that "
+        "iteration). An arm with no SFT example keeps its previous generator (the base model at iteration 1); "
+        "its Table 1 rows say so.", "",
+        training_table(training, iterations) if training else "_(no training records were given)_", "",
+        "## Table 1 layout", "",
+        "A cell `= X` reuses the evaluation of method X (the same generator and verifier): it is not a "
+        "separate result.", "",
+        markdown_table(table_records(titled(headline, iterations, untrained))), "",
+        f"## Paired differences ({method_title(reference_method, iterations)} minus each other method, at N=1 "
+        f"and at N={n} with {selection})", "",
         "Problems are resampled jointly for both methods (paired bootstrap). *higher* / *lower*: the whole "
         "interval lies above / below zero; otherwise the difference is not distinguishable from noise at "
-        "this number of problems.", "",
-        differences_table(differences) if differences else "_(no pair of methods was evaluated alike)_", "",
+        "this number of problems. *Only first / only second*: problems one method solves and the other does "
+        "not; from them, the smallest difference an exact McNemar test resolves at 95% (`mucode.power`; "
+        "none: too few discordant problems for any split to be significant). A method that reuses another's "
+        "evaluation (no training data) is not listed: its difference is that method's.", "",
+        differences_table(differences, iterations) if differences else "_(no pair of methods was evaluated alike)_",
+        "",
+        "## Problems only one method solves", "",
+        f"Solved: BoN@T of the problem's searches at least {SOLVED_SHARE:.0%}. Among the methods evaluated alike "
+        "(same N and selection rule; the base model and each arm's last iteration).", "",
+        markdown_table(list(only_solved)) if only_solved else "_(fewer than two methods evaluated alike)_", "",
         "## BoN@t per turn", "", f"![BoN@t per turn, every method]({curves_file})", "",
-        f"## BoN selection ablation ({method_title(reference_method)}, N={n})", "", ablation_table(summaries, reference_method, n), "",
+        f"## BoN selection ablation ({method_title(reference_method, iterations)}, N={n})", "",
+        ablation_table(summaries, reference_method, n), "",
         f"![selection ablation]({ABLATION_FILE})" if has_ablation_plot else "_(fewer than two selection rules)_", "",
         "## Cost", "",
         "Wall time of every stage run that was computed (cache hits cost nothing and are not listed), "

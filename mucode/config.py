@@ -109,6 +109,9 @@ class EvaluationConfig(Section):
     selection: Selection = "pt+lv"
     scaling_ns: list[int] = [1, 2, 4, 8]
     sampling: SamplingConfig = SamplingConfig()
+    # True: a search stops generating at its first public pass (its submission); BoN@t is
+    # unchanged, solved@t and pass@k then count the submission. False (the release): all T turns.
+    stop_at_public_pass: bool = False
 
 
 class CompareConfig(Section):
@@ -118,12 +121,20 @@ class CompareConfig(Section):
     arms: list[Policy] = ["mucode", "rft", "oracle"]
     ablation_selections: list[Selection] = ["random", "lv", "pt", "pt+lv"]
     ablation_datasets: list[str] | None = None  # None: every evaluation dataset
+    # The methods evaluated at N = evaluation.n: `base`, an arm, `<arm>@iter<i>` or
+    # `strongest-baseline` (the best N=1 baseline, chosen at run time); None: every one.
+    bon_methods: list[str] | None = None
+    bon_datasets: list[str] | None = None  # None: every evaluation dataset
     bootstrap_resamples: int = Field(default=1000, ge=100)
 
     @model_validator(mode="after")
     def _distinct_arms(self) -> "CompareConfig":
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be distinct and non-empty, got {self.arms}")
+        for method in self.bon_methods or []:
+            if method not in ("base", "strongest-baseline") and method.split("@iter")[0] not in self.arms:
+                raise ValueError(f"bon_methods entry {method!r} is not base, strongest-baseline or one of the arms "
+                                 f"{self.arms} (optionally <arm>@iter<i>)")
         return self
 
 

@@ -153,6 +153,9 @@ def percent(value: float) -> str:
 
 
 def headline_cell(summary: EvaluationSummary) -> str:
+    """BoN@T [interval]; `= X` for an evaluation that reuses method X's rows (the same generator)."""
+    if summary.details.get("same_as"):
+        return f"= {summary.details['same_as']}"
     value = summary.metrics.get(summary.headline)
     if value is None:
         return "–"

@@ -1,8 +1,10 @@
 """Compare stage: the report of `mucode-compare`, rebuilt from evaluation artifacts and timings.
 
 It writes everything the report stage writes (ROOT/report/report.md and its PNGs) plus
-ROOT/report/compare.md: Table 1 with every method, the paired differences of the reference
-method (µCode) against each other one, BoN@t curves of every method, the BoN selection
+ROOT/report/compare.md: the training data of every arm and iteration (SFT examples, rollout
+pass rate, verifier held-out AUC), Table 1 with every method (an arm with no training data
+says so), the paired differences of the reference method (µCode) against each other one,
+the problems only one method solves, BoN@t curves of every method, the BoN selection
 ablation, the wall time of every computed stage (ROOT/timings.jsonl) and the configuration.
 Inside a flow run compare.md is also published as a Prefect artifact. It runs no model.
 """
@@ -22,12 +24,41 @@ def reference_method(arms: list[str]) -> str:
     return REFERENCE_METHOD if REFERENCE_METHOD in arms else arms[0]
 
 
-def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None = None) -> str:
-    """Store-level stage: write report.md and compare.md for the evaluations; returns compare.md's path."""
+def training_records(store, training: dict[str, list[dict]] | None) -> list[dict]:
+    """Per arm and iteration, read from its artifacts: SFT examples, problems and target pass rate (relabel
+    manifest), the rollouts' final-turn pass rate (aggregate), the verifier's held-out AUC (verifier manifest)."""
+    records = []
+    for arm, iterations in (training or {}).items():
+        for entry in iterations:
+            sft = store.manifest(entry["sft"]).get("metrics", {})
+            verifier = store.manifest(entry["verifier"]).get("metrics", {}) if entry.get("verifier") else {}
+            record = {"arm": arm, "iteration": entry["iteration"], "examples": int(entry["sft"].rows or 0),
+                      "problems": sft.get("problems"), "target_pass_rate": sft.get("target_pass_rate"),
+                      "heldout_auc": verifier.get("heldout_auc"), "rollout_pass_rate": None}
+            if entry.get("aggregated") is not None:
+                aggregated = store.get_frame(entry["aggregated"])
+                finals = aggregated.filter(aggregated["final"] & (aggregated["iteration"] == entry["iteration"]))
+                record["rollout_pass_rate"] = float(finals["oracle_passed"].mean()) if finals.height else None
+            if record["examples"]:
+                record["generator_state"] = "fine-tuned"
+            elif entry.get("generator") is None:
+                record["generator_state"] = "base model (no training data)"
+            else:
+                record["generator_state"] = "previous iteration's (no training data)"
+            records.append(record)
+    return records
+
+
+def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None = None,
+                  training: dict[str, list[dict]] | None = None) -> str:
+    """Store-level stage: write report.md and compare.md for the evaluations; returns compare.md's path.
+
+    `training`: per arm, per iteration, its `sft`, `verifier`, `aggregated` and `generator` artifacts.
+    """
     from mucode.artifacts import ArtifactStore, write_atomically
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
-        titled)
+        titled, unique_solves)
     from mucode.report import in_prefect_run, inline_images, plot_turn_curves, publish_report_artifacts, write_report
 
     store = ArtifactStore(root)
@@ -38,14 +69,17 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     rows = {summary.label: frame for summary, frame in laid_out}
     reference = reference_method(list(cfg.compare.arms))
     n, selection = cfg.evaluation.n, cfg.evaluation.selection
-    differences = headline_differences(summaries, rows, method=reference, n=n, selection=selection,
-                                       resamples=cfg.compare.bootstrap_resamples, seed=cfg.seed)
-    plot_turn_curves(titled([s for s in summaries if s.n == n and s.selection == selection]), out / ARM_CURVES_FILE)
+    differences = [difference for size in dict.fromkeys((1, n))
+                   for difference in headline_differences(summaries, rows, method=reference, n=size, selection=selection,
+                                                          resamples=cfg.compare.bootstrap_resamples, seed=cfg.seed)]
+    plot_turn_curves(titled([s for s in summaries if s.n == n and s.selection == selection], cfg.iterations),
+                     out / ARM_CURVES_FILE)
     ablation = plot_selection_ablation(summaries, reference, n, out / ABLATION_FILE)
     markdown = compare_markdown(config=cfg.model_dump(mode="json"), summaries=summaries, differences=differences,
                                 timings=read_timings(root), phases=phases or {}, reference_method=reference, n=n,
                                 selection=selection, has_ablation_plot=ablation is not None,
-                                curves_file=ARM_CURVES_FILE)
+                                curves_file=ARM_CURVES_FILE, training=training_records(store, training),
+                                only_solved=unique_solves(summaries, rows, cfg.iterations))
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())
     if in_prefect_run():

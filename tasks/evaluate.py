@@ -6,7 +6,8 @@
   `chunk_draws` draws each (a problem's searches in one call; the progress bar counts the
   draws) and one sandbox batch holding the public AND private tests of every candidate. The selected
   candidate's public feedback is appended to its conversation; the private verdict is only
-  recorded (for metrics), never shown to the model. All T turns always run (eval mode).
+  recorded (for metrics), never shown to the model. All T turns run (eval mode), unless
+  `stop_at_public_pass` ends a search at its submission (the first public pass).
 - `summarize`: the metrics of one evaluation (one N, one selection), metric name -> value,
   with bootstrap 95% intervals over problems as `<metric>.ci_low` / `<metric>.ci_high`.
 - `evaluate_to_dir`: what `mucode evaluate` calls: load problems, model, sandbox and
@@ -325,8 +326,14 @@ def run_search(
     finished_rows: pl.DataFrame | None = None,
     on_turn: Callable[[pl.DataFrame], None] | None = None,
     chunk_draws: int = 256,
+    stop_at_public_pass: bool = False,
 ) -> pl.DataFrame:
     """Multi-turn Best-of-N: one row per problem x search x turn (`ROW_SCHEMA`).
+
+    `stop_at_public_pass`: a search generates no more once its selected code passes the
+    public tests; its later turns repeat that submitted answer (`selected` = -1). BoN@t and
+    public@t are unchanged (they look no further than the first public pass); solved@t and
+    pass@k then count the submission instead of whatever the model wrote after it.
 
     `finished_rows` (the rows of turns 1..k of this same search, from an interrupted run)
     are replayed instead of generated; `on_turn` receives all rows after every turn (to
@@ -346,16 +353,32 @@ def run_search(
     rows: list[dict[str, Any]] = []
     done = 0 if finished_rows is None else replay_turns(live, finished_rows, rows, n=n, turns=turns,
                                                          selection=selection)
-    per_turn = len(live) * n  # evaluation runs every search for all T turns
+    submitted = public_submissions(rows) if stop_at_public_pass else {}
+    live[:] = [search for search in live if (search.problem["task_id"], search.search_id) not in submitted]
+    per_turn = len(live) * n  # without stop_at_public_pass, every search runs all T turns
     with stage_progress(per_turn * turns, f"evaluate N={n} {selection}") as advance:
         for turn in range(done + 1, turns + 1):
             counter = _DrawCounter(engine, advance, before=(turn - 1) * per_turn, label=f"turn {turn}/{turns}")
+            made = len(rows)
             _search_turn(turn, turns, live, rows, engine, sandbox, scorer, n, selection, sampling, progress,
-                         chunk_draws, counter)
+                         chunk_draws, counter, stop_at_public_pass)
+            rows.extend({**row, "turn": turn, "selected": -1, "num_public_passing_candidates": 0}
+                        for row in submitted.values())
+            if stop_at_public_pass:
+                submitted |= public_submissions(rows[made:])
             advance(turn * per_turn, f"turn {turn}/{turns} done")
             if on_turn is not None:
                 on_turn(pl.DataFrame(rows, schema=ROW_SCHEMA))
     return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def public_submissions(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(task_id, search_id) -> the row of its first public pass among `rows` (its submitted answer)."""
+    first: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda row: row["turn"]):
+        if row["public_passed"]:
+            first.setdefault((row["task_id"], row["search_id"]), row)
+    return first
 
 
 def finished_turns(finished_rows: pl.DataFrame, searches: set[tuple[str, int]], *, n: int, turns: int,
@@ -406,7 +429,7 @@ def replay_turns(live: list[_Search], finished_rows: pl.DataFrame, rows: list[di
 
 def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str, Any]], engine: Engine, sandbox: Any,
                  scorer: Any | None, n: int, selection: str, sampling: SamplingParams, progress: bool,
-                 chunk_draws: int, on_chunk: Callable[[int], None]) -> None:
+                 chunk_draws: int, on_chunk: Callable[[int], None], stop_at_public_pass: bool = False) -> None:
     """Advance every search by one turn, append its rows, extend its conversation."""
     started = time.perf_counter()
     chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling, chunk_draws, on_chunk)
@@ -424,9 +447,10 @@ def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str
     if progress:
         print(f"evaluate n={n} {selection}: turn {turn}/{turns}, {len(live)} searches x {n} candidates "
               f"in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-    # Evaluation never stops early: every search runs T turns, the metrics look at all.
+    # Evaluation stops early only when asked to stop at the first public pass (the submission).
     live[:] = [search for search, (candidate, _, _) in zip(live, chosen)
-               if not is_finished("eval", turn, turns, candidate.public_passed, candidate.private_passed)]
+               if not is_finished("eval", turn, turns, candidate.public_passed, candidate.private_passed)
+               and not (stop_at_public_pass and candidate.public_passed)]
 
 
 # --- metrics of one evaluation ----------------------------------------------------------------
@@ -563,7 +587,9 @@ def evaluate_to_dir(
                         "verifier": files_fingerprint(verifier) if verifier else None,
                         "problems": problems_digest(problems),
                         "n": value, "turns": turns, "searches": searches, "selection": selection,
-                        "sampling": dataclasses.asdict(sampling), "seed": cfg.seed}
+                        "sampling": dataclasses.asdict(sampling), "seed": cfg.seed,
+                        # only when set, so the checkpoints of runs without it keep their keys
+                        **({"stop_at_public_pass": True} if evaluation.stop_at_public_pass else {})}
             checkpoint = checkpoint_path(out, value, checkpoint_key(settings))
             for stale in remove_checkpoints(out, value, keep=checkpoint):
                 print(f"removed {stale}: a checkpoint of other settings", file=sys.stderr)
@@ -572,7 +598,8 @@ def evaluate_to_dir(
             rows = run_search(problems, engine, sandbox, scorer, n=value, turns=turns, searches=searches,
                               selection=selection, sampling=sampling, seed=cfg.seed, progress=progress,
                               finished_rows=finished, on_turn=lambda made: save_checkpoint(checkpoint, made),
-                              chunk_draws=4 * cfg.engine.batch_size)
+                              chunk_draws=4 * cfg.engine.batch_size,
+                              stop_at_public_pass=evaluation.stop_at_public_pass)
             summary = EvaluationSummary(
                 method=method or generator, dataset=dataset, n=value, selection=selection, turns=turns,
                 searches=searches, metrics=summarize(rows, seed=cfg.seed),
@@ -629,7 +656,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
         rows = run_search(frame, engine, sandbox, scorer, n=n, turns=cfg.evaluation.turns,
                           searches=cfg.evaluation.searches, selection=selection,
                           sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed,
-                          chunk_draws=4 * cfg.engine.batch_size)
+                          chunk_draws=4 * cfg.engine.batch_size,
+                          stop_at_public_pass=cfg.evaluation.stop_at_public_pass)
     summary = summarize(rows, seed=cfg.seed)
     meta = {"method": label, "dataset": str(frame["dataset"][0]), "n": n, "selection": selection,
             "turns": cfg.evaluation.turns, "searches": cfg.evaluation.searches,
@@ -647,21 +675,31 @@ evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=("model", "
                            gpu=True)
 
 
-def alias_evaluation_stage(cfg, root: str, evaluation, label: str):
-    """Store-level stage: an evaluation's rows under another method's name.
+def alias_evaluation_stage(cfg, root: str, evaluation, label: str, turns: int | None = None):
+    """Store-level stage: an evaluation's rows under another method's name, cut to `turns` if given.
 
     For a method whose generator and verifier are those of an evaluation already made (an
     arm that had nothing to train on is the base model): the search would repeat it exactly.
+    With `turns`, the rows of turns 1..turns and their summary: the first t turns of a
+    T-turn search are the t-turn search (the same conversations, seeds and selections).
     """
     from mucode.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
     manifest = store.manifest(evaluation)
     original = manifest["evaluation"]
-    meta = {**original, "method": label, "details": {**original["details"], "same_as": original["method"]}}
-    return store.put_frame(store.get_frame(evaluation), stage=f"evaluate-{label}",
-                           config_hash=manifest.get("config_hash", ""), inputs=[evaluation.hash],
-                           extra={"evaluation": meta, "metrics": manifest["metrics"]})
+    rows, summary = store.get_frame(evaluation), manifest["metrics"]
+    if turns is None or turns == original["turns"]:
+        meta = {**original, "method": label, "details": {**original["details"], "same_as": original["method"]}}
+    else:
+        if not 1 <= turns < original["turns"]:
+            raise EvaluationError(f"cannot cut a {original['turns']}-turn evaluation to {turns} turns")
+        rows = rows.filter(pl.col("turn") <= turns)
+        summary = summarize(rows, seed=cfg.seed)
+        meta = {**original, "method": label, "turns": turns,
+                "details": {**original["details"], "first_turns_of": original["method"]}}
+    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=manifest.get("config_hash", ""),
+                           inputs=[evaluation.hash], extra={"evaluation": meta, "metrics": summary})
 
 
-alias_evaluation_task = stage_task(alias_evaluation_stage, name="evaluate-alias", sections=())
+alias_evaluation_task = stage_task(alias_evaluation_stage, name="evaluate-alias", sections=("seed",))

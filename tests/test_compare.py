@@ -9,8 +9,8 @@ import pytest
 
 from mucode.artifacts import ArtifactStore
 from mucode.compare import (
-    ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, CompareError, Difference, paired_difference, per_problem_bon,
-    stage_cost_table)
+    ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, CompareError, Difference, method_title, paired_difference,
+    per_problem_bon, stage_cost_table)
 from mucode.config import load_config
 from mucode.flows.compare import arm_config, compare_plan, evaluation_plan
 from mucode.flows.experiment import IterationRecord, read_iterations
@@ -54,14 +54,15 @@ def test_evaluation_plan_covers_table1_and_the_ablation():
     plan = evaluation_plan(cfg)
     methods = ["base", *cfg.compare.arms]
     n = cfg.evaluation.n
-    assert [(item.method, item.n) for item in plan if item.n == 1] == [(method, 1) for method in methods]
+    full = [item for item in plan if item.turns == cfg.evaluation.turns]
+    assert [(item.method, item.n) for item in full if item.n == 1] == [(method, 1) for method in methods]
     assert {item.method for item in plan if item.n == n and item.selection == cfg.evaluation.selection} == set(methods)
     ablation = {item.selection for item in plan if item.method == "mucode" and item.n == n}
     assert ablation == set(cfg.compare.ablation_selections) | {cfg.evaluation.selection}
     assert len(plan) == len({(item.method, item.n, item.selection) for item in plan})  # nothing twice
     assert not any(item.uses_verifier for item in plan if item.n == 1)
     single = evaluation_plan(load_config(CPU_CONFIG, ["evaluation.n=1"]))
-    assert all(item.n == 1 for item in single) and len(single) == len(methods)
+    assert all(item.n == 1 for item in single) and len(single) == len(methods) + 1  # + the base model at T=1
 
 
 def test_arms_share_every_stage_before_relabel():
@@ -139,8 +140,8 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
     assert path.name == COMPARE_FILE and path.is_file()
     text = path.read_text()
     # µCode solves 12/12, RFT and base 4/12 on the same problems: +66.7 points, interval above 0.
-    assert "| MBPP | µCode − Multi-turn Instruct (base) | +66.7 |" in text
-    assert "| MBPP | µCode − Multi-turn RFT (Multi-STaR) | +66.7 |" in text
+    assert "| MBPP | 5 | µCode − Multi-turn Instruct (base) | +66.7 |" in text
+    assert "| MBPP | 5 | µCode − Multi-turn RFT (Multi-STaR) | +66.7 |" in text
     assert "higher" in text and "| rollout | 1 | 61 |" in text and "| train mucode | 100 |" in text
     assert f"name: {cfg.name}" in text  # the configuration is in the report
     for image in (ARM_CURVES_FILE, ABLATION_FILE):
@@ -151,27 +152,34 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
 
 @pytest.mark.slow
 def test_compare_flow_runs_every_arm_from_shared_base_rollouts(tmp_path, data_dir):
-    """The real flow on tiny settings: three arms, one shared rollout stage, a report."""
+    """The real flow on tiny settings: four arms, one shared rollout stage, a report with the single-turn rows."""
     from mucode.flows.compare import mucode_compare
 
     overrides = [f"run_dir={tmp_path}", f"data.data_dir={data_dir}", "data.train_limit=2", "data.eval_limit=1",
                  "data.eval_datasets=[humaneval]", "rollout.num_rollouts=2", "rollout.max_turns=1",
-                 "rollout.sampling.max_new_tokens=24", "evaluation.sampling.max_new_tokens=24", "evaluation.turns=1",
+                 "rollout.sampling.max_new_tokens=24", "evaluation.sampling.max_new_tokens=24", "evaluation.turns=2",
                  "evaluation.n=2", "evaluation.searches=1", "compare.ablation_selections=[pt]",
-                 "finetune.epochs=1", "verifier.epochs=1"]
+                 "compare.arms=[mucode,rft,oracle,single-turn-rft]", "finetune.epochs=1", "verifier.epochs=1"]
     report = Path(mucode_compare(config=str(CPU_CONFIG), overrides=overrides))
     text = report.read_text()
-    for method in ("Multi-turn Instruct (base)", "µCode", "Multi-turn RFT (Multi-STaR)", "Multi-STaR²"):
+    for method in ("Multi-turn Instruct (base)", "µCode", "Multi-turn RFT (Multi-STaR)", "Multi-STaR²",
+                   "Single-turn Instruct (base)", "Single-turn RFT"):
         assert f"| {method}" in text
+    assert "| Single-turn Instruct (base) | 1 | 1 |" in text  # N=1, T=1
     computed = [record["stage"] for record in read_timings(str(report.parents[1]))]
-    assert computed.count("rollout") == 1  # iteration 1's rollouts ran once for three arms
-    assert computed.count("relabel") == 3
+    assert computed.count("rollout") == 1  # iteration 1's rollouts ran once for four arms
+    assert computed.count("relabel") == 4
     states = sorted(path.parent.name for path in report.parents[1].glob("arms/*/state.json"))
-    assert states == ["mucode", "oracle", "rft"]
-    untrained = [arm for arm in ("rft", "oracle")
+    assert states == ["mucode", "oracle", "rft", "single-turn-rft"]
+    untrained = [arm for arm in ("rft", "oracle", "single-turn-rft")
                  if read_iterations(str(report.parents[1] / "arms" / arm))[-1].generator is None]
-    # An arm left at the base model is not searched again: it takes the base model's rows.
-    assert computed.count("evaluate-alias") == 2 * len(untrained)  # N=1 and N=2 on one dataset
+    for arm in untrained:
+        assert "no training data" in next(line for line in text.splitlines()
+                                          if line.startswith(f"| {method_title(arm)} — "))
+    # An arm left at the base model is not searched again: it takes the base model's rows (N=1 and N=2 for a
+    # multi-turn arm, T=1 for single-turn RFT), and the base model's T=1 row is the first turn of its N=1 search.
+    multi_turn = len([arm for arm in untrained if arm != "single-turn-rft"])
+    assert computed.count("evaluate-alias") == 2 * multi_turn + ("single-turn-rft" in untrained) + 1
 
 
 def test_an_aliased_evaluation_keeps_the_rows_under_the_new_name(tmp_path):
@@ -193,3 +201,186 @@ def test_the_ablation_can_be_limited_to_some_datasets():
     assert ablation and all(item.datasets == ("humaneval",) for item in ablation)
     table1 = [item for item in evaluation_plan(cfg) if item not in ablation]
     assert all(item.datasets is None for item in table1)
+
+
+# -- Table 1 as the paper reports it (issue 18, item 6) ---------------------------------------
+
+def _artifact(name: str, rows: int | None = None):
+    from mucode.artifacts import Artifact
+
+    return Artifact(hash=name, path=name, kind="dir", stage=name, rows=rows)
+
+
+def _record(iteration: int, generator: str | None, verifier: str):
+    return IterationRecord(iteration=iteration, problems=_artifact("problems"), aggregated=_artifact(f"agg{iteration}"),
+                           verifier=_artifact(verifier), sft=_artifact(f"sft{iteration}", 10),
+                           generator=_artifact(generator) if generator else None)
+
+
+def test_every_iteration_of_every_arm_is_a_table1_row():
+    cfg = load_config(CPU_CONFIG, {"iterations": 2})
+    plan = evaluation_plan(cfg)
+    for arm in cfg.compare.arms:
+        for n in (1, cfg.evaluation.n):
+            rows = {(item.method, item.iteration) for item in plan if item.arm == arm and item.n == n
+                    and item.selection in ("random", cfg.evaluation.selection)}
+            assert rows >= {(f"{arm}@iter1", 1), (arm, 2)}, (arm, n)
+    # The ablation is of the last iteration only.
+    assert {item.iteration for item in plan if item.selection in ("lv", "pt")} == {2}
+
+
+def test_single_turn_rows_run_one_turn_and_the_base_row_reuses_the_first_turn():
+    cfg = load_config(CPU_CONFIG, {"compare": {"arms": ["mucode", "rft", "single-turn-rft"]}})
+    plan = evaluation_plan(cfg)
+    single = [item for item in plan if item.turns == 1]
+    assert [(item.method, item.n, item.reuses) for item in single] == [
+        ("single-turn-base", 1, "base"), ("single-turn-rft", 1, "")]
+    assert not [item for item in plan if item.arm == "single-turn-rft" and item.turns != 1]  # never multi-turn
+    assert {item.turns for item in plan if item.turns != 1} == {cfg.evaluation.turns}
+
+
+def test_the_first_turns_of_a_search_are_the_shorter_search(tmp_path):
+    from mucode.tasks.evaluate import alias_evaluation_stage
+
+    cfg = load_config(CPU_CONFIG, {"run_dir": str(tmp_path)})
+    store = ArtifactStore(str(tmp_path / cfg.name))
+    base = _store_evaluation(store, "base", "mbpp", 1, "random", {"a": 1, "b": 2, "c": None, "d": 1})
+    single = alias_evaluation_stage(cfg, store.base, base, label="single-turn-base", turns=1)
+    manifest = store.manifest(single)
+    assert manifest["evaluation"]["turns"] == 1 and manifest["evaluation"]["details"]["first_turns_of"] == "base"
+    assert "same_as" not in manifest["evaluation"]["details"]  # a result of its own, not a copy of base's row
+    assert store.get_frame(single)["turn"].to_list() == [1, 1, 1, 1]
+    assert manifest["metrics"]["bon@1"] == store.manifest(base)["metrics"]["bon@1"] == 0.5
+    assert "bon@2" not in manifest["metrics"]
+
+
+def test_strongest_baseline_is_the_best_n1_baseline_and_never_the_reference():
+    from mucode.flows.compare import baseline_candidates, strongest_baseline
+
+    cfg = load_config(CPU_CONFIG, {"iterations": 2})
+    assert [item.method for item in baseline_candidates(cfg)] == ["base", "rft", "oracle"]
+    n1 = {"base": [0.3, 0.5], "mucode": [0.9, 0.9], "rft": [0.4, 0.5], "oracle": [0.2, 0.2], "rft@iter1": [0.8, 0.8]}
+    assert strongest_baseline(cfg, n1).method == "rft"
+    assert strongest_baseline(cfg, {**n1, "rft": [0.3, 0.5]}).method == "base"  # a tie goes to the earlier
+
+
+def test_mucode_train_evaluates_base_and_trained_generators_alike():
+    from mucode.flows.evaluate import generators_to_evaluate
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    records = [_record(1, "g1", "v1"), _record(2, "g2", "v2")]
+    planned = generators_to_evaluate(cfg, records)
+    assert [(p.label, p.generator and p.generator.hash, p.verifier.hash) for p in planned] == [
+        ("mucode@iter1", "g1", "v1"), ("mucode", "g2", "v2"), ("base", None, "v1")]
+    assert {p.selection for p in planned} == {cfg.evaluation.selection}  # one rule for every row
+    # An iteration that trained nothing is the base model: evaluated once, as the base model.
+    assert [p.label for p in generators_to_evaluate(cfg, [_record(1, None, "v1")])] == ["base"]
+    # No iteration: no verifier, so the base model alone with pt.
+    assert [(p.label, p.selection) for p in generators_to_evaluate(cfg, [])] == [("base", "pt")]
+
+
+def test_compare_report_names_untrained_arms_and_reads_training_from_artifacts(tmp_path):
+    import polars as pl
+
+    from mucode.tasks.evaluate import alias_evaluation_stage
+
+    cfg = load_config(CPU_CONFIG, {"run_dir": str(tmp_path)})
+    root = str(tmp_path / cfg.name)
+    store = ArtifactStore(root)
+    problems = [f"p{i}" for i in range(10)]
+    n, selection = cfg.evaluation.n, cfg.evaluation.selection
+
+    def solving(first: int, last: int) -> dict:  # problems p<first>..p<last - 1> solved at turn 1
+        return {task: (1 if first <= i < last else None) for i, task in enumerate(problems)}
+
+    base = _store_evaluation(store, "base", "mbpp", n, selection, solving(0, 3))
+    mucode = _store_evaluation(store, "mucode", "mbpp", n, selection, solving(0, 6))
+    oracle = _store_evaluation(store, "oracle", "mbpp", n, selection, solving(2, 4))
+    rft = alias_evaluation_stage(cfg, root, base, label="rft")  # rft had nothing to train on
+    n1 = [_store_evaluation(store, "base", "mbpp", 1, "random", solving(0, 2)),
+          _store_evaluation(store, "mucode", "mbpp", 1, "random", solving(0, 4))]
+    aggregated = store.put_frame(pl.DataFrame({"task_id": ["p0", "p0", "p1", "p2"], "final": [False, True, True, True],
+                                               "oracle_passed": [False, True, False, False], "iteration": [1] * 4}),
+                                 stage="aggregate")
+    verifier = store.put_frame(pl.DataFrame({"x": [1]}), stage="verifier", extra={"metrics": {"heldout_auc": 0.8125}})
+
+    def sft(rows: int):
+        frame = pl.DataFrame({"task_id": [f"p{i}" for i in range(rows)]})
+        return store.put_frame(frame, stage=f"relabel-{rows}", extra={"metrics": {"examples": rows, "problems": rows,
+                                                                               "target_pass_rate": 0.5}})
+
+    training = {arm: [{"iteration": 1, "sft": sft(rows), "verifier": verifier, "aggregated": aggregated,
+                       "generator": generator}]
+                for arm, rows, generator in (("mucode", 7, verifier), ("rft", 0, None), ("oracle", 2, verifier))}
+    text = Path(compare_stage(cfg, root, [*n1, base, mucode, rft, oracle], phases={}, training=training)).read_text()
+    table1 = text.split("## Table 1 layout")[1].split("## Paired")[0]
+    untrained = next(line for line in table1.splitlines() if line.startswith("| Multi-turn RFT"))
+    assert "no training data" in untrained and "= Multi-turn Instruct (base)" in untrained
+    assert "30.0" not in untrained  # the base model's number is not passed off as RFT's
+    training_part = text.split("## Training data per arm")[1].split("## Table 1")[0]
+    assert "| µCode | 1 | 33.3 | 7 | 7 | 50.0 | fine-tuned | 0.812 |" in training_part  # 1 of 3 finals passes
+    assert "| Multi-turn RFT (Multi-STaR) | 1 | 33.3 | 0 |" in training_part
+    assert "base model (no training data)" in training_part
+    unique = text.split("## Problems only one method solves")[1].split("## BoN@t")[0]
+    # µCode solves p0-p5, base p0-p2, Multi-STaR² p2-p3: only µCode has problems of its own (p4, p5).
+    assert "| MBPP | 5 | pt+lv | µCode | 6 | 2 | 20.0 |" in unique
+    assert "| MBPP | 5 | pt+lv | Multi-STaR² | 2 | 0 | 0.0 |" in unique
+    assert "Multi-turn RFT" not in unique  # a reused evaluation is not a method of its own
+    differences = text.split("## Paired differences")[1].split("## Problems only")[0]
+    assert "| MBPP | 5 | µCode − Multi-turn Instruct (base) | +30.0 |" in differences and "| 3 / 0 |" in differences
+    assert "µCode − Multi-turn RFT" not in differences  # RFT is the base model here: no second copy
+    assert "| MBPP | 1 | µCode − Multi-turn Instruct (base) | +20.0 |" in differences  # N=1 compared too
+
+
+def test_iteration_titles_name_the_iteration():
+    from mucode.compare import method_title
+
+    assert method_title("mucode@iter1", 2) == "µCode (Iter 1)"
+    assert method_title("mucode", 2) == "µCode (Iter 2)"
+    assert method_title("mucode", 1) == "µCode"
+    assert method_title("base", 2) == "Multi-turn Instruct (base)"
+    assert method_title("single-turn-base", 2) == "Single-turn Instruct (base)"
+
+
+# -- issue 17's configuration -------------------------------------------------------------------
+
+QWEN_CONFIG = REPO / "configs" / "compare-cpu-qwen.yaml"
+
+
+def test_qwen_config_plans_issue_17s_comparison(capsys):
+    from typing import get_args
+
+    from mucode.config import EngineConfig, FinetuneConfig, VerifierConfig
+    from mucode.flows.compare import main
+
+    cfg = load_config(QWEN_CONFIG)
+    assert cfg.model.name == "bundled:qwen2.5-coder-0.5b-instruct"
+    assert (cfg.verifier.loss, cfg.evaluation.turns, cfg.evaluation.n) == ("bt", 3, 5)
+    assert cfg.verifier.heldout_fraction > 0  # the report needs a held-out AUC
+    # The keys other branches add: switched on as soon as the schema knows them (see the config's AT MERGE).
+    if "ct2" in get_args(EngineConfig.model_fields["kind"].annotation):
+        assert cfg.engine.kind == "ct2"
+    for section, settings in (("finetune", FinetuneConfig), ("verifier", VerifierConfig)):
+        if "method" in settings.model_fields:
+            assert getattr(cfg, section).method == "lora", section
+
+    assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance", "0.15"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["arms"] == ["mucode", "rft", "oracle", "single-turn-rft"]
+    evaluations = plan["evaluations"]
+
+    def methods(**match) -> set[str]:
+        return {e["method"] for e in evaluations if all(e[key] == value for key, value in match.items())}
+
+    # N = 1 at T = 3 on both datasets for the base model and every multi-turn arm; the single-turn rows at T = 1.
+    assert methods(n=1, turns=3, datasets=None) == {"base", "mucode", "rft", "oracle"}
+    assert methods(turns=1) == {"single-turn-base", "single-turn-rft"}
+    # N = 5 with PT+LV for µCode and the strongest baseline on HumanEval; the µCode selection ablation there too.
+    assert methods(n=5, selection="pt+lv", datasets=["humaneval"]) == {"mucode", "strongest-baseline"}
+    assert {e["selection"] for e in evaluations if e["method"] == "mucode" and e["n"] == 5} == {
+        "random", "lv", "pt", "pt+lv"}
+    assert {(row["dataset"], row["problems"]) for row in plan["power"]} == {("humaneval", 164), ("mbpp", 300)}
+    assert {row["discordance"] for row in plan["power"]} == {0.15}
+    cost = plan["cost"]
+    assert cost["items"] and cost["total_hours"] > 0 and isinstance(cost["within_budget"], bool)
+    assert any(item["item"].startswith("finetune single-turn-rft") for item in cost["items"])

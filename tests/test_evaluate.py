@@ -412,7 +412,8 @@ class Interrupted(Exception):
     """Stands for the process dying after a checkpoint was written."""
 
 
-def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, searches: int) -> pl.DataFrame:
+def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, searches: int,
+                      stop_at_public_pass: bool = False) -> pl.DataFrame:
     """The rows checkpointed by a search that dies right after `turn`."""
     saved: list[pl.DataFrame] = []
 
@@ -423,7 +424,8 @@ def interrupted_after(turn: int, sandbox, selection: str, n: int, turns: int, se
 
     with pytest.raises(Interrupted):
         run_search(problems_frame(), ScriptedEngine(), sandbox, None, n=n, turns=turns, searches=searches,
-                   selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3, on_turn=checkpoint)
+                   selection=selection, sampling=SamplingParams(max_new_tokens=16), seed=3, on_turn=checkpoint,
+                   stop_at_public_pass=stop_at_public_pass)
     return saved[-1]
 
 
@@ -656,3 +658,43 @@ def test_evaluate_to_dir_needs_a_verifier_for_lv_before_loading_anything(tmp_pat
                         out=tmp_path)
     assert str(error.value) == "selection pt+lv needs --verifier; use pt for a base model"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- stopping a search at its submission ----------------------------------------------------------
+
+
+def test_stopping_at_the_first_public_pass_keeps_bon_and_generates_less(sandbox):
+    settings = dict(n=2, turns=3, searches=2, selection="pt", sampling=SamplingParams(max_new_tokens=16), seed=3)
+    every, stopping = ScriptedEngine(), ScriptedEngine()
+    whole = run_search(problems_frame(), every, sandbox, None, **settings)
+    stopped = run_search(problems_frame(), stopping, sandbox, None, stop_at_public_pass=True, **settings)
+    assert stopped.height == whole.height  # every search still has T turns
+    whole_summary, stopped_summary = summarize(whole, seed=3), summarize(stopped, seed=3)
+    for t in (1, 2, 3):
+        assert stopped_summary[f"bon@{t}"] == whole_summary[f"bon@{t}"]
+        assert stopped_summary[f"public@{t}"] == whole_summary[f"public@{t}"]
+    # add passes publicly at turn 1 (pt picks the hard-coded answer, public only) and neg at turn 2
+    # (the right answer): 2 problems x 2 searches x N=2 at turn 1, neg's 2 x 2 at turn 2, nothing at turn 3.
+    generated = [sum(len(conversations) * n for conversations, n in engine.calls) for engine in (every, stopping)]
+    assert generated == [2 * 2 * 2 * 3, 2 * 2 * 2 + 2 * 2]
+    add = stopped.filter(pl.col("task_id") == "add").sort("search_id", "turn")
+    assert add["selected"].to_list() == [1, -1, -1, 1, -1, -1]
+    assert add.filter(pl.col("search_id") == 0)["response"].to_list() == [HARDCODED_ADD] * 3  # the submission
+    neg = stopped.filter(pl.col("task_id") == "neg").sort("search_id", "turn")
+    assert neg["selected"].to_list() == [neg["selected"][0], 1, -1, neg["selected"][3], 1, -1]
+    # What the model wrote after a public pass no longer counts: add's later right answer is gone from solved@3.
+    assert whole_summary["solved@3"] == 1.0 and stopped_summary["solved@3"] == 0.5
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_a_resumed_stopping_search_makes_the_rows_of_an_uninterrupted_one(sandbox, turn):
+    settings = dict(n=2, turns=3, searches=2, selection="pt", sampling=SamplingParams(max_new_tokens=16), seed=3,
+                    stop_at_public_pass=True)
+    whole = run_search(problems_frame(), ScriptedEngine(), sandbox, None, **settings)
+    finished = interrupted_after(turn, sandbox, "pt", n=2, turns=3, searches=2, stop_at_public_pass=True)
+    engine = ScriptedEngine()
+    resumed = run_search(problems_frame(), engine, sandbox, None, finished_rows=finished, **settings)
+    assert resumed.sort("task_id", "search_id", "turn").equals(whole.sort("task_id", "search_id", "turn"))
+    # The stopped searches (add) are not generated again; only neg's are.
+    assert all("neg(x)" in conversation[0]["content"] for conversations, _ in engine.calls
+               for conversation in conversations)
