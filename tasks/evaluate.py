@@ -241,7 +241,8 @@ def score_candidates(scorer: Any | None, candidates: list[tuple[dict[str, str], 
         return [math.nan] * len(candidates)
     unique = list(dict.fromkeys((problem["task_id"], response) for problem, response in candidates))
     problems = {problem["task_id"]: problem for problem, _ in candidates}
-    prompts = [first_user_message(problems[task]["prompt"], problems[task]["public_tests"]) for task, _ in unique]
+    prompts = [first_user_message(problems[task]["prompt"], problems[task]["public_tests"], problems[task]["dataset"])
+               for task, _ in unique]
     scores = [float(score) for score in scorer.score(prompts, [response for _, response in unique])]
     if len(scores) != len(unique):
         raise EvaluationError(f"verifier returned {len(scores)} scores for {len(unique)} answers")
@@ -338,7 +339,8 @@ def run_search(
     check_problems(problems)
     sampling = dataclasses.replace(sampling, seed=seed)
     live = [
-        _Search(problem, search_id, initial_conversation(problem["prompt"], problem["public_tests"]),
+        _Search(problem, search_id,
+                initial_conversation(problem["prompt"], problem["public_tests"], problem["dataset"]),
                 search_rng(seed, problem["task_id"], search_id))
         for problem in problems.select(PROBLEM_COLUMNS).iter_rows(named=True)
         for search_id in range(searches)

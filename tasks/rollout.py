@@ -32,7 +32,7 @@ ROLLOUT_SCHEMA = {
     "private_passed": pl.Boolean, "final": pl.Boolean, "generator": pl.String,
     "temperature": pl.Float64, "top_p": pl.Float64, "max_new_tokens": pl.Int64, "seed": pl.Int64,
 }
-REQUIRED_PROBLEM_COLUMNS = ("task_id", "prompt", "public_tests", "private_tests")
+REQUIRED_PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 
 class RolloutInputError(ValueError):
@@ -121,7 +121,7 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
                      for row in problems.iter_rows(named=True)}
     trajectories = [
         Trajectory(row["task_id"], rollout_id,
-                   initial_conversation(row["prompt"], row["public_tests"], row.get("dataset", "")))
+                   initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
         for row in problems.iter_rows(named=True) for rollout_id in range(num_rollouts)
     ]
     rows: list[dict] = []

@@ -16,6 +16,7 @@ from mucode.tasks.rollout import ROLLOUT_SCHEMA, RolloutInputError, run_rollouts
 
 PROBLEMS = pl.DataFrame({
     "task_id": ["t/add", "t/mul"],
+    "dataset": ["mbpp", "mbpp"],
     "prompt": ["Write add(a, b).", "Write mul(a, b)."],
     "public_tests": ["assert add(1, 2) == 3", "assert mul(2, 3) == 6"],
     "private_tests": ["assert add(1, 2) == 3\nassert add(-1, 1) == 0", "assert mul(2, 3) == 6\nassert mul(0, 5) == 0"],
