@@ -9,7 +9,7 @@ does not run generated code (that is `mucode.sandbox`) nor build prompts (`mucod
 
 from mucode.data.errors import DatasetError
 from mucode.data.loader import load_problems, write_problems
-from mucode.data.programs import STDIO_DATASETS, runnable_program
+from mucode.data.programs import STDIO_DATASETS, program_parts, runnable_program
 from mucode.data.splits import (
     CODECONTESTS_TRAIN_SAMPLE_SEED,
     CODECONTESTS_TRAIN_SAMPLE_SIZE,
@@ -31,6 +31,7 @@ __all__ = [
     "is_training_split",
     "load_problems",
     "mbpp_split_of",
+    "program_parts",
     "runnable_program",
     "sample_problems",
     "stdio_program",

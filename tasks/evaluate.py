@@ -212,14 +212,15 @@ def execute_candidates(sandbox: Any, candidates: list[tuple[dict[str, str], str]
     """
     from mucode.tasks.execute import sandbox_program
 
-    unique: dict[tuple[str, str, str], int] = {}
+    unique: dict[tuple[str, str], int] = {}
     programs: list[Any] = []
 
     def index_of(problem: dict[str, str], code: str, tests: str) -> int:
-        key = (problem["dataset"], code, tests)
+        program = sandbox_program(str(len(programs)), problem, code, tests)
+        key = (program.code, program.tests)
         if key not in unique:
             unique[key] = len(programs)
-            programs.append(sandbox_program(str(len(programs)), problem["dataset"], code, tests))
+            programs.append(program)
         return unique[key]
 
     pairs = [

@@ -101,13 +101,13 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
     return answers
 
 
-def judge_turn(sandbox, trajectories: Sequence[Trajectory], tests_by_task: dict[str, tuple[str, str, str]]):
+def judge_turn(sandbox, trajectories: Sequence[Trajectory], problem_of: dict[str, dict[str, str]]):
     """Public and oracle verdicts for each trajectory's latest code, in one sandbox batch."""
     programs = []
     for index, trajectory in enumerate(trajectories):
-        dataset, public_tests, private_tests = tests_by_task[trajectory.task_id]
-        programs.append(sandbox_program(f"{index}:public", dataset, trajectory.code, public_tests))
-        programs.append(sandbox_program(f"{index}:private", dataset, trajectory.code, private_tests))
+        problem = problem_of[trajectory.task_id]
+        programs.append(sandbox_program(f"{index}:public", problem, trajectory.code, problem["public_tests"]))
+        programs.append(sandbox_program(f"{index}:private", problem, trajectory.code, problem["private_tests"]))
     verdicts = sandbox.run(programs)
     return verdicts[0::2], verdicts[1::2]
 
@@ -117,8 +117,7 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
                  chunk_size: int = 64, progress: ProgressCallback | None = None) -> pl.DataFrame:
     """K rollouts of up to T turns for every problem; one row per turn."""
     check_problems(problems)
-    tests_by_task = {row["task_id"]: (row.get("dataset", ""), row["public_tests"], row["private_tests"])
-                     for row in problems.iter_rows(named=True)}
+    problem_of = {row["task_id"]: row for row in problems.iter_rows(named=True)}
     trajectories = [
         Trajectory(row["task_id"], rollout_id,
                    initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
@@ -146,7 +145,7 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
         for trajectory, answer in zip(live, answers):
             trajectory.answers.append(answer)
         started = time.perf_counter()
-        public, private = judge_turn(sandbox, live, tests_by_task)
+        public, private = judge_turn(sandbox, live, problem_of)
         stats.execution_s += time.perf_counter() - started
 
         for trajectory, prefix, public_verdict, private_verdict in zip(live, prefixes, public, private):

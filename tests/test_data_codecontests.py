@@ -109,8 +109,8 @@ def test_first_python3_solution_and_malformed_rows(tmp_path: Path) -> None:
 
 
 def test_runnable_program_concatenates_function_datasets_and_embeds_stdio_code() -> None:
-    assert runnable_program("mbpp", "def f(): pass", "assert f() is None") == "def f(): pass\nassert f() is None"
-    program = runnable_program("codecontests", SUM_SOLUTION, stdio_tests_source([("1 2\n", "3\n")]))
+    assert runnable_program("mbpp", "Write f.", "def f(): pass", "assert f() is None") == "def f(): pass\nassert f() is None"
+    program = runnable_program("codecontests", "Sum.", SUM_SOLUTION, stdio_tests_source([("1 2\n", "3\n")]))
     assert f"PROGRAM_SOURCE = {SUM_SOLUTION!r}" in program and "def run_stdio_cases(" in program
     assert run_programs([program]) == [None]
 
