@@ -24,8 +24,9 @@ Summary metrics (t = 1..T, k = 1, 2, 5, 10, ... up to S):
   problems, searches, n, turns   sizes (no interval)
 
 Seeding: `random` selection and `pt` tie-breaks use an RNG seeded by (seed, task, search);
-sampling uses the engine's per-draw seeds (prompt tokens + copy index under one base seed),
-so each search gets its own samples within a single batched call. This module does not
+sampling draws candidate j of (task, search, turn) from its own seed stream (the engine's
+contract in `mucode.engines.sampling`), so no two candidates repeat a sample, whatever the
+chunking, and a resumed run samples as an uninterrupted one. This module does not
 train, and does not render plots (that is `mucode.report`).
 """
 
@@ -269,17 +270,20 @@ def problem_chunks(live: Sequence[_Search], searches_per_chunk: int) -> list[lis
     return chunks
 
 
-def generate_candidates(engine: Engine, live: Sequence[_Search], n: int, sampling: SamplingParams,
+def generate_candidates(engine: Engine, live: Sequence[_Search], turn: int, n: int, sampling: SamplingParams,
                         chunk_draws: int, on_chunk: Callable[[int], None] | None = None) -> list[list[str]]:
     """N replies for every live search, `[search][candidate]`, in engine calls of about
     `chunk_draws` draws, so progress shows within a turn that lasts an hour on CPU.
 
-    A problem's searches always share a call: the engine numbers identical prompts within a
-    call, which is what gives S searches of one problem different samples at turn 1.
+    Candidate j of a search at a turn is sample j of the seed stream
+    `<task>/search-<s>/turn-<t>` (`mucode.engines.sampling`): S searches of one problem get
+    different samples whatever the chunking. Calls hold whole problems (for the progress bar).
     """
     samples: list[list[str]] = []
     for chunk in problem_chunks(live, max(1, chunk_draws // n)):
-        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling)
+        streams = [f"{search.problem['task_id']}/search-{search.search_id}/turn-{turn}" for search in chunk]
+        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling,
+                                    streams=streams)
         _check_generated(generated, len(chunk), n)
         samples.extend(generated)
         if on_chunk is not None:
@@ -288,11 +292,11 @@ def generate_candidates(engine: Engine, live: Sequence[_Search], n: int, samplin
 
 
 def _advance(
-    live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, n: int, selection: str,
+    live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, turn: int, n: int, selection: str,
     sampling: SamplingParams, chunk_draws: int, on_chunk: Callable[[int], None] | None,
 ) -> list[tuple[_Candidate, int, int]]:
     """One turn of every live search: (selected candidate, its index, public-passing count)."""
-    samples = generate_candidates(engine, live, n, sampling, chunk_draws, on_chunk)
+    samples = generate_candidates(engine, live, turn, n, sampling, chunk_draws, on_chunk)
     flat = [(search.problem, response) for search, responses in zip(live, samples) for response in responses]
     codes = [extract_code(response) for _, response in flat]
     verdicts = execute_candidates(sandbox, [(problem, code) for (problem, _), code in zip(flat, codes)])
@@ -412,7 +416,7 @@ def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str
                  chunk_draws: int, on_chunk: Callable[[int], None]) -> None:
     """Advance every search by one turn, append its rows, extend its conversation."""
     started = time.perf_counter()
-    chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling, chunk_draws, on_chunk)
+    chosen = _advance(live, engine, sandbox, scorer, turn, n, selection, sampling, chunk_draws, on_chunk)
     for search, (candidate, index, public_count) in zip(live, chosen):
         rows.append({
             "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],

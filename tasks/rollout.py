@@ -80,6 +80,9 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
 
     On turn 1 every rollout of a problem shares the same conversation, so one request with
     n = K samples per problem is sent (the engine shares the prompt); later turns differ.
+    Seed streams (`mucode.engines.sampling`): rollout r of a problem is sample r of the
+    stream `<task>/turn-1`, then the only sample of `<task>/rollout-r/turn-t`, so identical
+    conversations never repeat a sample, whatever the chunk size.
     """
     seeded = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                             max_new_tokens=sampling.max_new_tokens, seed=turn_seed(sampling.seed, turn))
@@ -89,14 +92,17 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
         step = max(1, chunk_size // num_rollouts)
         for start in range(0, len(firsts), step):
             chunk = firsts[start:start + step]
-            for samples in engine.generate([t.conversation for t in chunk], num_rollouts, seeded):
+            streams = [f"{t.task_id}/turn-1" for t in chunk]
+            for samples in engine.generate([t.conversation for t in chunk], num_rollouts, seeded, streams=streams):
                 answers.extend(samples)
             on_chunk(len(chunk) * num_rollouts)
         return answers
     answers = []
     for start in range(0, len(trajectories), chunk_size):
         chunk = trajectories[start:start + chunk_size]
-        answers.extend(samples[0] for samples in engine.generate([t.conversation for t in chunk], 1, seeded))
+        streams = [f"{t.task_id}/rollout-{t.rollout_id}/turn-{turn}" for t in chunk]
+        answers.extend(samples[0] for samples in engine.generate([t.conversation for t in chunk], 1, seeded,
+                                                                 streams=streams))
         on_chunk(len(chunk))
     return answers
 

@@ -207,7 +207,7 @@ class ScriptedEngine(Engine):
     def __init__(self) -> None:
         self.calls: list[tuple[list[list[dict]], int]] = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, streams=None):
         self.calls.append((conversations, n))
         replies = []
         for conversation in conversations:

@@ -29,7 +29,7 @@ class ScriptedEngine:
     def __init__(self, script):
         self.script, self.tokens_generated, self.calls = script, 0, []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, streams=None):
         self.calls.append((len(conversations), n))
         outputs = []
         for conversation in conversations:
