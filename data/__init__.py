@@ -17,7 +17,7 @@ from mucode.data.splits import (
     SPLITS,
     is_training_split,
     mbpp_split_of,
-    sample_problems,
+    sample_positions,
 )
 from mucode.data.stdio_harness import stdio_program
 
@@ -33,7 +33,7 @@ __all__ = [
     "mbpp_split_of",
     "program_parts",
     "runnable_program",
-    "sample_problems",
+    "sample_positions",
     "stdio_program",
     "write_problems",
 ]
