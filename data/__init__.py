@@ -9,7 +9,7 @@ does not run generated code (that is `mucode.sandbox`) nor build prompts (`mucod
 
 from mucode.data.errors import DatasetError
 from mucode.data.loader import load_problems, write_problems
-from mucode.data.programs import STDIO_DATASETS, runnable_program
+from mucode.data.programs import STDIO_DATASETS, program_parts, runnable_program
 from mucode.data.splits import (
     CODECONTESTS_TRAIN_SAMPLE_SEED,
     CODECONTESTS_TRAIN_SAMPLE_SIZE,
@@ -17,7 +17,7 @@ from mucode.data.splits import (
     SPLITS,
     is_training_split,
     mbpp_split_of,
-    sample_problems,
+    sample_positions,
 )
 from mucode.data.stdio_harness import stdio_program
 
@@ -31,8 +31,9 @@ __all__ = [
     "is_training_split",
     "load_problems",
     "mbpp_split_of",
+    "program_parts",
     "runnable_program",
-    "sample_problems",
+    "sample_positions",
     "stdio_program",
     "write_problems",
 ]

@@ -1,9 +1,13 @@
-"""How a problem's code and tests become one program to run.
+"""How a problem's code and tests become one program to run: the one builder every stage uses.
 
-For function datasets (MBPP, HumanEval and their EvalPlus versions) it is the code, a line
-break, and the tests (the contract in docs/architecture.md). CodeContests programs read
-stdin at top level, so the code is embedded as a string and run by the tests' harness
-(`stdio_harness.stdio_program`). This module does not run anything.
+For function datasets it is the code, a line break, and the tests (the contract in
+docs/architecture.md). HumanEval prompts are code themselves (imports, helper functions,
+the target's signature and docstring), and some targets call a helper only the prompt
+defines (HumanEval/10, /32, /38, /50). The official harness runs prompt + completion; a chat
+answer rewrites the whole target, so here the prompt runs first and the answer after it:
+the prompt's imports and helpers stay, and whatever the answer defines again replaces them.
+CodeContests programs read stdin at top level, so the code is embedded as a string and run
+by the tests' harness (`stdio_harness.stdio_program`). This module does not run anything.
 """
 
 from __future__ import annotations
@@ -11,10 +15,21 @@ from __future__ import annotations
 from mucode.data.stdio_harness import stdio_program
 
 STDIO_DATASETS: frozenset[str] = frozenset({"codecontests"})
+# Datasets whose prompt is Python source the answer builds on.
+PROMPT_CODE_DATASETS: frozenset[str] = frozenset({"humaneval", "humaneval-plus"})
 
 
-def runnable_program(dataset: str, code: str, tests: str) -> str:
-    """The program that runs `code` against `tests` of a problem of `dataset`."""
+def program_parts(dataset: str, prompt: str, code: str, tests: str) -> tuple[str, str]:
+    """(code, tests) of the program that runs `code` against `tests` of a problem of
+    `dataset` with `prompt`: the sandbox runs the first, then the second, in one namespace."""
     if dataset in STDIO_DATASETS:
-        return stdio_program(code, tests)
-    return f"{code}\n{tests}"
+        return stdio_program(code, tests), ""
+    if dataset in PROMPT_CODE_DATASETS:
+        return f"{prompt}\n{code}", tests
+    return code, tests
+
+
+def runnable_program(dataset: str, prompt: str, code: str, tests: str) -> str:
+    """`program_parts` as one program text."""
+    program, after = program_parts(dataset, prompt, code, tests)
+    return f"{program}\n{after}" if after else program

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 
-import polars as pl
-
 from mucode.data.errors import DatasetError
 
 DATASETS: tuple[str, ...] = ("mbpp", "humaneval", "mbpp-plus", "humaneval-plus", "codecontests")
@@ -66,16 +64,8 @@ def mbpp_split_of(task_id: int) -> str:
     )
 
 
-def sample_problems(
-    problems: pl.DataFrame,
-    size: int = CODECONTESTS_TRAIN_SAMPLE_SIZE,
-    *,
-    seed: int = CODECONTESTS_TRAIN_SAMPLE_SEED,
-) -> pl.DataFrame:
-    """`size` rows drawn without replacement by `seed`, kept in their original order."""
-    if not 0 <= size <= problems.height:
-        raise DatasetError(
-            f"cannot sample {size} problems from {problems.height}; ask for at most {problems.height}"
-        )
-    chosen = random.Random(seed).sample(range(problems.height), size)
-    return problems.filter(pl.int_range(pl.len()).is_in(chosen))
+def sample_positions(count: int, size: int, seed: int = CODECONTESTS_TRAIN_SAMPLE_SEED) -> list[int]:
+    """`size` of the positions 0..count-1, drawn without replacement by `seed`, in increasing order."""
+    if not 0 <= size <= count:
+        raise DatasetError(f"cannot sample {size} problems from {count}; ask for at most {count}")
+    return sorted(random.Random(seed).sample(range(count), size))

@@ -81,7 +81,7 @@ def failing_solutions(
     """
     rows = [row for row in problems.iter_rows(named=True) if row["solution"]]
     jobs = [(row, column) for column in tests_columns for row in rows]
-    programs = [runnable_program(row["dataset"], row["solution"], row[column]) for row, column in jobs]
+    programs = [runnable_program(row["dataset"], row["prompt"], row["solution"], row[column]) for row, column in jobs]
     errors = run_programs(programs, workers=workers, timeout_s=timeout_s)
     return [
         SolutionFailure(row["task_id"], column, error)

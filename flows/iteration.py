@@ -31,7 +31,7 @@ def run_iteration(cfg: Config, root: str, iteration: int, previous: IterationRec
     every arm's artifacts share `root`, and so its cache.
     """
     problems = problems_task(cfg, root, dataset=cfg.data.train_dataset, split=cfg.data.train_split,
-                             limit=cfg.data.train_limit)
+                             limit=cfg.data.train_limit, sample=cfg.data.train_sample)
     rollouts = rollout_task(cfg, root, problems=problems, generator=previous.generator if previous else None,
                             iteration=iteration)
     labelled = execute_task(cfg, root, rollouts=rollouts, problems=problems)

@@ -114,7 +114,9 @@ def _rollout(config: Path, out: Path, model_name: str | None, split: str | None,
 
     cfg = load_config(config, overrides)
     problems = load_problems(cfg.data.train_dataset, split or cfg.data.train_split, data_dir=cfg.data.data_dir,
-                             limit=limit or cfg.data.train_limit)
+                             limit=limit or cfg.data.train_limit,
+                             sample=None if split else cfg.data.train_sample,  # the draw is of the training split
+                             sample_seed=cfg.data.train_sample_seed)
     path = resolve_model(model_name or cfg.model.name)
     with make_engine_from_config(cfg, path) as engine, make_sandbox_from_config(cfg) as sandbox, \
             rollout_progress(problems.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:

@@ -38,6 +38,10 @@ class DataConfig(Section):
     train_dataset: Literal["mbpp", "codecontests"] = "mbpp"
     train_split: str = "train"
     train_limit: int | None = Field(default=None, ge=1)
+    # Problems drawn from the training split by `train_sample_seed` (None: all): the paper
+    # trains on 1,000 sampled CodeContests problems. The limit applies after the draw.
+    train_sample: int | None = Field(default=None, ge=1)
+    train_sample_seed: int = 0
     eval_datasets: list[Literal["humaneval", "mbpp", "mbpp-plus", "humaneval-plus", "codecontests"]] = [
         "humaneval",
         "mbpp",

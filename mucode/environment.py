@@ -18,7 +18,7 @@ Message = dict[str, str]
 Mode = Literal["train", "eval"]
 
 
-def initial_conversation(problem: str, public_tests: str, dataset: str = "") -> list[Message]:
+def initial_conversation(problem: str, public_tests: str, dataset: str) -> list[Message]:
     return [{"role": "user", "content": first_user_message(problem, public_tests, dataset)}]
 
 

@@ -35,7 +35,8 @@ _PYTHON_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:```|\Z)", r
 _ANY_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
-def first_user_message(problem: str, public_tests: str, dataset: str = "") -> str:
+def first_user_message(problem: str, public_tests: str, dataset: str) -> str:
+    """The problem as the model first sees it; `dataset` picks the function or the stdin/stdout wording."""
     template = STDIO_FIRST_MESSAGE_TEMPLATE if dataset in STDIO_DATASETS else FIRST_MESSAGE_TEMPLATE
     return template.format(problem=problem.strip(), public_tests=public_tests.strip())
 

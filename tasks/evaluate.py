@@ -25,8 +25,9 @@ Summary metrics (t = 1..T, k = 1, 2, 5, 10, ... up to S):
   problems, searches, n, turns   sizes (no interval)
 
 Seeding: `random` selection and `pt` tie-breaks use an RNG seeded by (seed, task, search);
-sampling uses the engine's per-draw seeds (prompt tokens + copy index under one base seed),
-so each search gets its own samples within a single batched call. This module does not
+sampling draws candidate j of (task, search, turn) from its own seed stream (the engine's
+contract in `mucode.engines.sampling`), so no two candidates repeat a sample, whatever the
+chunking, and a resumed run samples as an uninterrupted one. This module does not
 train, and does not render plots (that is `mucode.report`).
 """
 
@@ -213,14 +214,15 @@ def execute_candidates(sandbox: Any, candidates: list[tuple[dict[str, str], str]
     """
     from mucode.tasks.execute import sandbox_program
 
-    unique: dict[tuple[str, str, str], int] = {}
+    unique: dict[tuple[str, str], int] = {}
     programs: list[Any] = []
 
     def index_of(problem: dict[str, str], code: str, tests: str) -> int:
-        key = (problem["dataset"], code, tests)
+        program = sandbox_program(str(len(programs)), problem, code, tests)
+        key = (program.code, program.tests)
         if key not in unique:
             unique[key] = len(programs)
-            programs.append(sandbox_program(str(len(programs)), problem["dataset"], code, tests))
+            programs.append(program)
         return unique[key]
 
     pairs = [
@@ -242,7 +244,8 @@ def score_candidates(scorer: Any | None, candidates: list[tuple[dict[str, str], 
         return [math.nan] * len(candidates)
     unique = list(dict.fromkeys((problem["task_id"], response) for problem, response in candidates))
     problems = {problem["task_id"]: problem for problem, _ in candidates}
-    prompts = [first_user_message(problems[task]["prompt"], problems[task]["public_tests"]) for task, _ in unique]
+    prompts = [first_user_message(problems[task]["prompt"], problems[task]["public_tests"], problems[task]["dataset"])
+               for task, _ in unique]
     scores = [float(score) for score in scorer.score(prompts, [response for _, response in unique])]
     if len(scores) != len(unique):
         raise EvaluationError(f"verifier returned {len(scores)} scores for {len(unique)} answers")
@@ -268,17 +271,20 @@ def problem_chunks(live: Sequence[_Search], searches_per_chunk: int) -> list[lis
     return chunks
 
 
-def generate_candidates(engine: Engine, live: Sequence[_Search], n: int, sampling: SamplingParams,
+def generate_candidates(engine: Engine, live: Sequence[_Search], turn: int, n: int, sampling: SamplingParams,
                         chunk_draws: int, on_chunk: Callable[[int], None] | None = None) -> list[list[str]]:
     """N replies for every live search, `[search][candidate]`, in engine calls of about
     `chunk_draws` draws, so progress shows within a turn that lasts an hour on CPU.
 
-    A problem's searches always share a call: the engine numbers identical prompts within a
-    call, which is what gives S searches of one problem different samples at turn 1.
+    Candidate j of a search at a turn is sample j of the seed stream
+    `<task>/search-<s>/turn-<t>` (`mucode.engines.sampling`): S searches of one problem get
+    different samples whatever the chunking. Calls hold whole problems (for the progress bar).
     """
     samples: list[list[str]] = []
     for chunk in problem_chunks(live, max(1, chunk_draws // n)):
-        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling)
+        streams = [f"{search.problem['task_id']}/search-{search.search_id}/turn-{turn}" for search in chunk]
+        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling,
+                                    streams=streams)
         _check_generated(generated, len(chunk), n)
         samples.extend(generated)
         if on_chunk is not None:
@@ -287,11 +293,11 @@ def generate_candidates(engine: Engine, live: Sequence[_Search], n: int, samplin
 
 
 def _advance(
-    live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, n: int, selection: str,
+    live: list[_Search], engine: Engine, sandbox: Any, scorer: Any | None, turn: int, n: int, selection: str,
     sampling: SamplingParams, chunk_draws: int, on_chunk: Callable[[int], None] | None,
 ) -> list[tuple[_Candidate, int, int]]:
     """One turn of every live search: (selected candidate, its index, public-passing count)."""
-    samples = generate_candidates(engine, live, n, sampling, chunk_draws, on_chunk)
+    samples = generate_candidates(engine, live, turn, n, sampling, chunk_draws, on_chunk)
     flat = [(search.problem, response) for search, responses in zip(live, samples) for response in responses]
     codes = [extract_code(response) for _, response in flat]
     verdicts = execute_candidates(sandbox, [(problem, code) for (problem, _), code in zip(flat, codes)])
@@ -345,7 +351,8 @@ def run_search(
     check_problems(problems)
     sampling = dataclasses.replace(sampling, seed=seed)
     live = [
-        _Search(problem, search_id, initial_conversation(problem["prompt"], problem["public_tests"]),
+        _Search(problem, search_id,
+                initial_conversation(problem["prompt"], problem["public_tests"], problem["dataset"]),
                 search_rng(seed, problem["task_id"], search_id))
         for problem in problems.select(PROBLEM_COLUMNS).iter_rows(named=True)
         for search_id in range(searches)
@@ -432,7 +439,7 @@ def _search_turn(turn: int, turns: int, live: list[_Search], rows: list[dict[str
                  chunk_draws: int, on_chunk: Callable[[int], None], stop_at_public_pass: bool = False) -> None:
     """Advance every search by one turn, append its rows, extend its conversation."""
     started = time.perf_counter()
-    chosen = _advance(live, engine, sandbox, scorer, n, selection, sampling, chunk_draws, on_chunk)
+    chosen = _advance(live, engine, sandbox, scorer, turn, n, selection, sampling, chunk_draws, on_chunk)
     for search, (candidate, index, public_count) in zip(live, chosen):
         rows.append({
             "task_id": search.problem["task_id"], "dataset": search.problem["dataset"],

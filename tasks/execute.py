@@ -15,7 +15,7 @@ from mucode.orchestration import run_batches, stage_task
 
 import polars as pl
 
-from mucode.data import STDIO_DATASETS, stdio_program
+from mucode.data import program_parts
 from mucode.sandbox import Program
 
 LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
@@ -26,18 +26,16 @@ class ExecuteInputError(ValueError):
     """The rollouts cannot be labelled; the message is one line."""
 
 
-def sandbox_program(program_id: str, dataset: str, code: str, tests: str) -> Program:
-    """The program that runs `code` against `tests`; stdin/stdout problems embed the code in a harness."""
-    if dataset in STDIO_DATASETS:
-        # Their top-level code reads stdin, so it cannot simply be followed by the tests.
-        return Program(id=program_id, code=stdio_program(code, tests), tests="")
-    return Program(id=program_id, code=code, tests=tests)
+def sandbox_program(program_id: str, problem: dict[str, str], code: str, tests: str) -> Program:
+    """The sandbox program that runs `code` against `tests` of `problem` (a problems row; its
+    dataset and prompt decide how, see `mucode.data.programs`)."""
+    return Program(program_id, *program_parts(problem["dataset"], problem["prompt"], code, tests))
 
 
 def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[list[Program], list[int]]:
     """Distinct (task, code) programs, and for each rollout row the index of its program."""
-    oracle_tests = {row["task_id"]: (row.get("dataset", ""), row["private_tests"]) for row in problems.iter_rows(named=True)}
-    unknown = set(rollouts["task_id"].unique()) - set(oracle_tests)
+    by_task = {row["task_id"]: row for row in problems.iter_rows(named=True)}
+    unknown = set(rollouts["task_id"].unique()) - set(by_task)
     if unknown:
         raise ExecuteInputError(f"rollouts name {len(unknown)} task ids not in the problems artifact "
                                 f"(e.g. {sorted(unknown)[0]}): pass the problems the rollouts were made from")
@@ -48,14 +46,10 @@ def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[lis
         key = (task_id, code)
         if key not in index_of:
             index_of[key] = len(programs)
-            programs.append(sandbox_program(str(len(programs)), *_with_code(oracle_tests[task_id], code)))
+            problem = by_task[task_id]
+            programs.append(sandbox_program(str(len(programs)), problem, code, problem["private_tests"]))
         row_program.append(index_of[key])
     return programs, row_program
-
-
-def _with_code(dataset_and_tests: tuple[str, str], code: str) -> tuple[str, str, str]:
-    dataset, tests = dataset_and_tests
-    return dataset, code, tests
 
 
 def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:

@@ -9,13 +9,16 @@ from __future__ import annotations
 from mucode.orchestration import stage_task
 
 
-def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None):
+def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None, sample: int | None = None):
+    """`sample`: problems drawn by `cfg.data.train_sample_seed` before the limit (None: all)."""
     from mucode.artifacts import ArtifactStore
     from mucode.data import load_problems
 
-    frame = load_problems(dataset, split, data_dir=cfg.data.data_dir, limit=limit)
+    frame = load_problems(dataset, split, data_dir=cfg.data.data_dir, limit=limit, sample=sample,
+                          sample_seed=cfg.data.train_sample_seed)
     return ArtifactStore(root).put_frame(frame, stage="problems", config_hash=cfg.section_digest("data"),
-                                         extra={"dataset": dataset, "split": split, "limit": limit})
+                                         extra={"dataset": dataset, "split": split, "limit": limit,
+                                                "sample": sample})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

@@ -32,7 +32,7 @@ ROLLOUT_SCHEMA = {
     "private_passed": pl.Boolean, "final": pl.Boolean, "generator": pl.String,
     "temperature": pl.Float64, "top_p": pl.Float64, "max_new_tokens": pl.Int64, "seed": pl.Int64,
 }
-REQUIRED_PROBLEM_COLUMNS = ("task_id", "prompt", "public_tests", "private_tests")
+REQUIRED_PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 
 class RolloutInputError(ValueError):
@@ -80,6 +80,9 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
 
     On turn 1 every rollout of a problem shares the same conversation, so one request with
     n = K samples per problem is sent (the engine shares the prompt); later turns differ.
+    Seed streams (`mucode.engines.sampling`): rollout r of a problem is sample r of the
+    stream `<task>/turn-1`, then the only sample of `<task>/rollout-r/turn-t`, so identical
+    conversations never repeat a sample, whatever the chunk size.
     """
     seeded = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                             max_new_tokens=sampling.max_new_tokens, seed=turn_seed(sampling.seed, turn))
@@ -89,25 +92,28 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
         step = max(1, chunk_size // num_rollouts)
         for start in range(0, len(firsts), step):
             chunk = firsts[start:start + step]
-            for samples in engine.generate([t.conversation for t in chunk], num_rollouts, seeded):
+            streams = [f"{t.task_id}/turn-1" for t in chunk]
+            for samples in engine.generate([t.conversation for t in chunk], num_rollouts, seeded, streams=streams):
                 answers.extend(samples)
             on_chunk(len(chunk) * num_rollouts)
         return answers
     answers = []
     for start in range(0, len(trajectories), chunk_size):
         chunk = trajectories[start:start + chunk_size]
-        answers.extend(samples[0] for samples in engine.generate([t.conversation for t in chunk], 1, seeded))
+        streams = [f"{t.task_id}/rollout-{t.rollout_id}/turn-{turn}" for t in chunk]
+        answers.extend(samples[0] for samples in engine.generate([t.conversation for t in chunk], 1, seeded,
+                                                                 streams=streams))
         on_chunk(len(chunk))
     return answers
 
 
-def judge_turn(sandbox, trajectories: Sequence[Trajectory], tests_by_task: dict[str, tuple[str, str, str]]):
+def judge_turn(sandbox, trajectories: Sequence[Trajectory], problem_of: dict[str, dict[str, str]]):
     """Public and oracle verdicts for each trajectory's latest code, in one sandbox batch."""
     programs = []
     for index, trajectory in enumerate(trajectories):
-        dataset, public_tests, private_tests = tests_by_task[trajectory.task_id]
-        programs.append(sandbox_program(f"{index}:public", dataset, trajectory.code, public_tests))
-        programs.append(sandbox_program(f"{index}:private", dataset, trajectory.code, private_tests))
+        problem = problem_of[trajectory.task_id]
+        programs.append(sandbox_program(f"{index}:public", problem, trajectory.code, problem["public_tests"]))
+        programs.append(sandbox_program(f"{index}:private", problem, trajectory.code, problem["private_tests"]))
     verdicts = sandbox.run(programs)
     return verdicts[0::2], verdicts[1::2]
 
@@ -117,11 +123,10 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
                  chunk_size: int = 64, progress: ProgressCallback | None = None) -> pl.DataFrame:
     """K rollouts of up to T turns for every problem; one row per turn."""
     check_problems(problems)
-    tests_by_task = {row["task_id"]: (row.get("dataset", ""), row["public_tests"], row["private_tests"])
-                     for row in problems.iter_rows(named=True)}
+    problem_of = {row["task_id"]: row for row in problems.iter_rows(named=True)}
     trajectories = [
         Trajectory(row["task_id"], rollout_id,
-                   initial_conversation(row["prompt"], row["public_tests"], row.get("dataset", "")))
+                   initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
         for row in problems.iter_rows(named=True) for rollout_id in range(num_rollouts)
     ]
     rows: list[dict] = []
@@ -146,7 +151,7 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
         for trajectory, answer in zip(live, answers):
             trajectory.answers.append(answer)
         started = time.perf_counter()
-        public, private = judge_turn(sandbox, live, tests_by_task)
+        public, private = judge_turn(sandbox, live, problem_of)
         stats.execution_s += time.perf_counter() - started
 
         for trajectory, prefix, public_verdict, private_verdict in zip(live, prefixes, public, private):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 AGGREGATE_COLUMNS = ("task_id", "response", "final", "oracle_passed")
-PROBLEM_COLUMNS = ("task_id", "prompt", "public_tests")
+PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests")
 
 
 class VerifierInputError(ValueError):
@@ -74,8 +74,9 @@ def problem_prompts(problems: pl.DataFrame) -> pl.DataFrame:
     _check_columns(problems, PROBLEM_COLUMNS, "the problems frame", "pass the problems the rollouts were made from")
     return problems.unique(subset=["task_id"], keep="first", maintain_order=True).select(
         "task_id",
-        pl.struct("prompt", "public_tests")
-        .map_elements(lambda row: first_user_message(row["prompt"], row["public_tests"]), return_dtype=pl.String)
+        pl.struct("prompt", "public_tests", "dataset")
+        .map_elements(lambda row: first_user_message(row["prompt"], row["public_tests"], row["dataset"]),
+                      return_dtype=pl.String)
         .alias("prompt"),
     )
 

@@ -7,7 +7,7 @@ from mucode.config import BUNDLED_MODEL, ConfigError, load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper-1b", "paper-8b"])
+@pytest.mark.parametrize("name", ["smoke", "paper-1b", "paper-8b", "compare-paper-1b", "paper-1b-codecontests"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.name == name
@@ -22,6 +22,71 @@ def test_paper_settings_follow_the_reference():
     assert (cfg.engine.kind, cfg.compute.num_gpus) == ("sglang", 4)
     assert load_config(CONFIGS / "paper-8b.yaml").model.name == "meta-llama/Llama-3.1-8B-Instruct"
     assert load_config(CONFIGS / "smoke.yaml").model.name == BUNDLED_MODEL
+
+
+# The paper's values (Jain et al., ICML 2025), as the shared reference notes
+# (/work/shared/reference/mucode.md) give them; "Table 6" is the paper's 8B hyper-parameter table.
+PAPER_VALUES = {
+    "iterations": 2,  # "Two iterations in the paper (M = 2)"
+    "rollout.num_rollouts": 15,  # "15 rollouts per problem"
+    "rollout.max_turns": 3,  # "at most T turns (T = 3)"
+    "rollout.sampling.temperature": 0.7,  # "Sampling: temperature 0.7, top_p 1.0, up to 1000 new tokens"
+    "rollout.sampling.top_p": 1.0,
+    "rollout.sampling.max_new_tokens": 1000,
+    "verifier.loss": "bt",  # "BT is the release's default"
+    "verifier.pairs_per_problem": 16,  # "the release draws 32 random pairs per problem; the paper says 16"
+    "verifier.center_coefficient": 1e-3,  # "a 1e-3 · mean(r²) centring term"
+    "verifier.learning_rate": 1e-6,  # verifier "lr 1e-6, 2 epochs, batch 64, max length 2048"
+    "verifier.epochs": 2,
+    "verifier.batch_size": 64,
+    "verifier.max_length": 2048,
+    "verifier.heldout_fraction": 0.0,  # "trained on everything aggregated so far"
+    "relabel.policy": "mucode",
+    "relabel.beta_oracle": 100,  # "beta_O = 100 and beta_L = 1 in the release"
+    "relabel.beta_verifier": 1,
+    "finetune.learning_rate": 5e-7,  # generator "lr 5e-7, 2 epochs, batch 16–32, max length 8192"
+    "finetune.epochs": 2,
+    "finetune.max_length": 8192,
+    "evaluation.n": 5,  # "BoN uses N = 5 and PT+LV"
+    "evaluation.selection": "pt+lv",
+    "evaluation.turns": 3,
+    "evaluation.searches": 10,  # "independent searches (10 in the release)"
+    "evaluation.sampling.temperature": 0.7,
+    "evaluation.sampling.top_p": 1.0,
+    "evaluation.sampling.max_new_tokens": 1000,
+}
+PAPER_CONFIGS = {
+    "paper-1b": {"model.name": "meta-llama/Llama-3.2-1B-Instruct", "finetune.batch_size": 32,
+                 "data.train_dataset": "mbpp", "data.eval_datasets": ["mbpp", "humaneval"]},
+    "compare-paper-1b": {"model.name": "meta-llama/Llama-3.2-1B-Instruct", "finetune.batch_size": 32,
+                         "data.train_dataset": "mbpp", "data.eval_datasets": ["mbpp", "humaneval"]},
+    "paper-8b": {"model.name": "meta-llama/Llama-3.1-8B-Instruct",
+                 "finetune.batch_size": 32,  # Table 6
+                 "data.train_dataset": "mbpp", "data.eval_datasets": ["mbpp", "humaneval"]},
+    # "train on 1000 sampled training problems, evaluate on the 165 test problems"
+    "paper-1b-codecontests": {"model.name": "meta-llama/Llama-3.2-1B-Instruct", "finetune.batch_size": 32,
+                              "data.train_dataset": "codecontests", "data.train_split": "train",
+                              "data.train_sample": 1000, "data.eval_datasets": ["codecontests"],
+                              "data.eval_split": "test", "data.eval_limit": None},
+}
+
+
+def flattened(mapping, prefix=""):
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out |= flattened(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_carry_the_papers_values(name):
+    settings = flattened(load_config(CONFIGS / f"{name}.yaml").model_dump(mode="json"))
+    expected = PAPER_VALUES | PAPER_CONFIGS[name]
+    wrong = {key: (settings[key], value) for key, value in expected.items() if settings[key] != value}
+    assert wrong == {}, f"{name}: key -> (config, paper): {wrong}"
 
 
 def test_unknown_key_is_one_line_naming_it(tmp_path):

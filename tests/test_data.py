@@ -22,7 +22,7 @@ from mucode.data import (
     is_training_split,
     load_problems,
     mbpp_split_of,
-    sample_problems,
+    sample_positions,
     write_problems,
 )
 from mucode.data.records import read_jsonl
@@ -97,15 +97,12 @@ def test_split_helpers() -> None:
     assert DATASETS == ("mbpp", "humaneval", "mbpp-plus", "humaneval-plus", "codecontests")
 
 
-def test_sample_problems_is_seeded_and_keeps_order() -> None:
-    frame = pl.DataFrame({"task_id": [f"t/{index}" for index in range(50)]})
-    first = sample_problems(frame, 10, seed=3)
-    assert first.equals(sample_problems(frame, 10, seed=3))
-    assert not first.equals(sample_problems(frame, 10, seed=4))
-    numbers = [int(task_id.split("/")[1]) for task_id in first["task_id"]]
-    assert numbers == sorted(numbers) and len(set(numbers)) == 10
+def test_sample_positions_are_seeded_distinct_and_in_order() -> None:
+    first = sample_positions(50, 10, seed=3)
+    assert first == sample_positions(50, 10, seed=3) and first != sample_positions(50, 10, seed=4)
+    assert first == sorted(set(first)) and len(first) == 10 and all(0 <= p < 50 for p in first)
     with pytest.raises(DatasetError, match="at most 50"):
-        sample_problems(frame, 51)
+        sample_positions(50, 51)
 
 
 # --- MBPP public / private tests -------------------------------------------------------------

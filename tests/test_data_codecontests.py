@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mucode.data import DatasetError, load_problems, runnable_program, sample_problems, stdio_program
+from mucode.data import DatasetError, load_problems, runnable_program, stdio_program
 from mucode.data.codecontests import codecontests_problem, first_python3_solution
 from mucode.data.stdio_harness import stdio_tests_source
 from mucode.data.verify import failing_solutions, run_programs
@@ -109,18 +109,55 @@ def test_first_python3_solution_and_malformed_rows(tmp_path: Path) -> None:
 
 
 def test_runnable_program_concatenates_function_datasets_and_embeds_stdio_code() -> None:
-    assert runnable_program("mbpp", "def f(): pass", "assert f() is None") == "def f(): pass\nassert f() is None"
-    program = runnable_program("codecontests", SUM_SOLUTION, stdio_tests_source([("1 2\n", "3\n")]))
+    assert runnable_program("mbpp", "Write f.", "def f(): pass", "assert f() is None") == "def f(): pass\nassert f() is None"
+    program = runnable_program("codecontests", "Sum.", SUM_SOLUTION, stdio_tests_source([("1 2\n", "3\n")]))
     assert f"PROGRAM_SOURCE = {SUM_SOLUTION!r}" in program and "def run_stdio_cases(" in program
     assert run_programs([program]) == [None]
 
 
+def numbered_row(index: int) -> dict:
+    row = contest_row(f"{index}_A", SUM_SOLUTION)
+    row["description"] = f"Problem {index}: read two integers a and b and print a + b.\n"
+    return row
+
+
 def test_training_sample_of_codecontests_rows(tmp_path: Path) -> None:
-    write_split(tmp_path, "train", [contest_row(f"{index}_A", SUM_SOLUTION) for index in range(12)])
-    frame = load_problems("codecontests", "train", data_dir=tmp_path)
-    sample = sample_problems(frame, 5, seed=0)
-    assert sample.height == 5 and sample.equals(sample_problems(frame, 5, seed=0))
-    assert set(sample["task_id"]) <= set(frame["task_id"])
+    write_split(tmp_path, "train", [numbered_row(index) for index in range(12)])
+    sample = load_problems("codecontests", "train", data_dir=tmp_path, sample=5, sample_seed=0)
+    assert sample.equals(load_problems("codecontests", "train", data_dir=tmp_path, sample=5, sample_seed=0))
+    assert not sample.equals(load_problems("codecontests", "train", data_dir=tmp_path, sample=5, sample_seed=1))
+    positions = [int(task_id.rsplit("/", 1)[1]) for task_id in sample["task_id"]]
+    assert len(set(positions)) == 5 and positions == sorted(positions) and positions != list(range(5))
+    # A task id is the row's hub position, and the row at that position is the one built.
+    assert [prompt.split(":")[0] for prompt in sample["prompt"]] == [f"Problem {p}" for p in positions]
+    assert load_problems("codecontests", "train", data_dir=tmp_path, sample=5, limit=2).equals(sample.head(2))
+    with pytest.raises(DatasetError, match="cannot sample 13 problems from 12"):
+        load_problems("codecontests", "train", data_dir=tmp_path, sample=13)
+
+
+def test_the_paper_codecontests_config_trains_on_1000_sampled_problems_and_tests_on_165(tmp_path: Path) -> None:
+    from mucode.artifacts import ArtifactStore
+    from mucode.config import load_config
+    from mucode.tasks.problems import problems_stage
+
+    write_split(tmp_path, "train", [numbered_row(index) for index in range(1200)])
+    write_split(tmp_path, "test", [numbered_row(index) for index in range(165)])
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper-1b-codecontests.yaml",
+                      [f"data.data_dir={tmp_path}"])
+    root = str(tmp_path / "store")
+    data = cfg.data
+    # What the iteration flow asks the problems stage for (flows/iteration.py), and evaluation.
+    train = ArtifactStore(root).get_frame(problems_stage(cfg, root, dataset=data.train_dataset,
+                                                         split=data.train_split, limit=data.train_limit,
+                                                         sample=data.train_sample))
+    (evaluated,) = data.eval_datasets
+    test = ArtifactStore(root).get_frame(problems_stage(cfg, root, dataset=evaluated, split=data.eval_split,
+                                                        limit=data.eval_limit))
+    assert train.height == 1000 and train["task_id"].n_unique() == 1000
+    positions = [int(task_id.rsplit("/", 1)[1]) for task_id in train["task_id"]]
+    assert positions != list(range(1000)) and max(positions) >= 1000  # drawn, not the first rows
+    assert set(train["dataset"]) == {"codecontests"} and set(train["split"]) == {"train"}
+    assert test.height == 165 and list(test["task_id"]) == [f"codecontests/test/{i}" for i in range(165)]
 
 
 def test_hub_rows_come_from_the_asked_split(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ def test_failing_solutions_names_the_problem_and_the_tests() -> None:
         {
             "task_id": ["t/1", "t/2", "t/3"],
             "dataset": ["mbpp"] * 3,
+            "prompt": ["Write f."] * 3,
             "solution": ["def f():\n    return 1", "def f():\n    return 2", ""],
             "public_tests": ["assert f() == 1"] * 3,
             "private_tests": ["assert f() == 1\nassert f() > 0"] * 3,

@@ -92,6 +92,20 @@ def test_repeated_prompts_in_one_call_get_fresh_draws() -> None:
     assert [draw.seed for draw in draws] == [draw.seed for draw in plan_draws([[4, 4]], 4, base_seed=0)]
 
 
+def test_named_seed_streams_give_the_same_draws_in_any_call_and_never_repeat() -> None:
+    # Four identical prompts (same conversation, four rollouts), one call or four calls.
+    streams = [f"t/rollout-{r}/turn-2" for r in range(4)]
+    together = [draw.seed for draw in plan_draws([[4, 4]] * 4, 2, base_seed=0, streams=streams)]
+    apart = [draw.seed for r in range(4) for draw in plan_draws([[4, 4]], 2, base_seed=0, streams=streams[r:r + 1])]
+    assert together == apart and len(set(together)) == 8
+    assert together != [draw.seed for draw in plan_draws([[4, 4]] * 4, 2, base_seed=1, streams=streams)]
+    with pytest.raises(ValueError, match="named twice"):
+        plan_draws([[4, 4], [4, 4]], 1, base_seed=0, streams=["same", "same"])
+    assert len(plan_draws([[4, 4], [5]], 1, base_seed=0, streams=["same", "same"])) == 2  # other prompts may share
+    with pytest.raises(ValueError, match="2 seed streams for 1 prompts"):
+        plan_draws([[4, 4]], 1, base_seed=0, streams=["a", "b"])
+
+
 # --- batching helpers ------------------------------------------------------------------
 
 

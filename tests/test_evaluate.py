@@ -220,7 +220,7 @@ class ScriptedEngine(Engine):
     def __init__(self) -> None:
         self.calls: list[tuple[list[list[dict]], int]] = []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, streams=None):
         self.calls.append((conversations, n))
         replies = []
         for conversation in conversations:
@@ -349,7 +349,7 @@ def test_feedback_of_the_selected_answer_is_appended_and_private_tests_stay_hidd
     assert neg_conversation[2]["content"].startswith("Feedback: ")
     assert "ValueError: boom" in neg_conversation[2]["content"]
     assert add_conversation[0]["content"] == first_user_message(
-        "Write add(a, b) returning the sum.", "assert add(1, 2) == 3")
+        "Write add(a, b) returning the sum.", "assert add(1, 2) == 3", "mbpp")
     every_message = [m["content"] for conversations, _ in engine.calls for c in conversations for m in c]
     assert not any(PRIVATE_MARKER in text or "neg(-7)" in text for text in every_message)
 
@@ -363,7 +363,7 @@ def test_lv_follows_the_verifier_and_records_its_scores(sandbox):
     assert turn1["selected"].to_list()[0] == longer
     assert turn1["verifier_score"].to_list()[0] == float(len(SCRIPT["add"][0][longer]))
     prompts, answers = scorer.inputs[0]
-    assert prompts[0] == first_user_message("Write add(a, b) returning the sum.", "assert add(1, 2) == 3")
+    assert prompts[0] == first_user_message("Write add(a, b) returning the sum.", "assert add(1, 2) == 3", "mbpp")
     assert answers[:2] == SCRIPT["add"][0]
 
 
@@ -698,3 +698,69 @@ def test_a_resumed_stopping_search_makes_the_rows_of_an_uninterrupted_one(sandbo
     # The stopped searches (add) are not generated again; only neg's are.
     assert all("neg(x)" in conversation[0]["content"] for conversations, _ in engine.calls
                for conversation in conversations)
+
+
+class RecordingEngine(Engine):
+    """The real engine, recording the conversations it is asked to continue."""
+
+    def __init__(self, engine):
+        self.engine, self.conversations = engine, []
+
+    @property
+    def tokens_generated(self):
+        return self.engine.tokens_generated
+
+    def generate(self, conversations, n, sampling, **options):
+        self.conversations.extend(conversations)
+        return self.engine.generate(conversations, n, sampling, **options)
+
+    def close(self):
+        self.engine.close()
+
+
+class RecordingScorer:
+    """The real verifier, recording the prompts it scores."""
+
+    def __init__(self, scorer):
+        self.scorer, self.prompts = scorer, []
+
+    def score(self, prompts, answers):
+        self.prompts.extend(prompts)
+        return self.scorer.score(prompts, answers)
+
+
+def codecontests_problems(tmp_path: Path) -> pl.DataFrame:
+    """One stdin/stdout problem shaped like a `deepmind/code_contests` row, read by the real loader."""
+    from mucode.data import load_problems
+
+    row = {"name": "1_A. Sum", "description": "Read two integers a and b and print a + b.\n",
+           "public_tests": {"input": ["1 2\n"], "output": ["3\n"]},
+           "private_tests": {"input": ["10 20\n"], "output": ["30\n"]},
+           "generated_tests": {"input": [], "output": []},
+           "solutions": {"language": [3], "solution": ["a, b = map(int, input().split())\nprint(a + b)\n"]}}
+    (tmp_path / "codecontests-test.jsonl").write_text(json.dumps(row) + "\n")
+    return load_problems("codecontests", "test", data_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_codecontests_search_prompts_engine_and_verifier_with_the_stdio_message(tmp_path, untrained_verifier):
+    from mucode.engines import make_engine
+    from mucode.models import resolve_model
+    from mucode.prompts import STDIO_FIRST_MESSAGE_TEMPLATE
+    from mucode.sandbox import make_sandbox
+    from mucode.tasks.verifier import VerifierScorer
+
+    problems = codecontests_problems(tmp_path)
+    problem = problems.row(0, named=True)
+    expected = first_user_message(problem["prompt"], problem["public_tests"], "codecontests")
+    assert expected.startswith(STDIO_FIRST_MESSAGE_TEMPLATE.split("{")[0])
+    scorer = RecordingScorer(VerifierScorer(untrained_verifier, batch_size=4, max_length=512))
+    with RecordingEngine(make_engine("hf", resolve_model(BUNDLED), batch_size=4)) as engine, \
+            make_sandbox("local", workers=1, timeout_s=5.0) as real_sandbox:
+        rows = run_search(problems, engine, real_sandbox, scorer, n=2, turns=2, searches=1, selection="pt+lv",
+                          sampling=SamplingParams(temperature=0.7, max_new_tokens=24, seed=0), seed=0)
+    assert rows.height == 2 and set(rows["dataset"]) == {"codecontests"}
+    assert len(engine.conversations) == 2  # one search, two turns
+    assert all(conversation[0] == {"role": "user", "content": expected} for conversation in engine.conversations)
+    assert "standard input" in expected and "Python function implementation" not in expected
+    assert scorer.prompts and set(scorer.prompts) == {expected}

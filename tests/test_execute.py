@@ -6,7 +6,7 @@ from mucode.sandbox import make_sandbox
 from mucode.tasks.execute import ExecuteInputError, label_rollouts, oracle_programs, sandbox_program
 
 PROBLEMS = pl.DataFrame({
-    "task_id": ["t/add"], "dataset": ["mbpp"],
+    "task_id": ["t/add"], "dataset": ["mbpp"], "prompt": ["Write add(a, b)."],
     "public_tests": ["assert add(1, 2) == 3"],
     "private_tests": ["assert add(1, 2) == 3\nassert add(-1, 1) == 0"],
 })
@@ -46,8 +46,9 @@ def test_unknown_task_is_a_one_line_error():
 
 def test_stdin_stdout_problems_run_inside_the_harness(sandbox):
     tests = stdio_harness.stdio_tests_source([("2 3\n", "5\n")])
-    right = sandbox_program("a", "codecontests", "a, b = map(int, input().split())\nprint(a + b)", tests)
-    wrong = sandbox_program("b", "codecontests", "print(0)", tests)
+    problem = {"dataset": "codecontests", "prompt": "Print the sum of two integers."}
+    right = sandbox_program("a", problem, "a, b = map(int, input().split())\nprint(a + b)", tests)
+    wrong = sandbox_program("b", problem, "print(0)", tests)
     assert right.tests == "" and "PROGRAM_SOURCE" in right.code
     passed, failed = sandbox.run([right, wrong])
     assert passed.passed and not failed.passed
@@ -67,3 +68,54 @@ def test_execute_on_a_dask_cluster_matches_in_process(sandbox):
                                                  "sandbox.backend": "local"})
         on_cluster = label_rollouts(frame, PROBLEMS, lambda programs: run_on_cluster(cfg, programs))
     assert on_cluster.drop("exec_wall_s").equals(label_rollouts(frame, PROBLEMS, sandbox.run).drop("exec_wall_s"))
+
+
+# HumanEval targets that call a helper only their prompt defines.
+PROMPT_HELPER_TASKS = ("humaneval/10", "humaneval/32", "humaneval/38", "humaneval/50")
+
+
+def chat_answer(problem: dict) -> str:
+    """The canonical solution as a chat model writes it: only the target function, fenced."""
+    signature = next(line for line in problem["prompt"].splitlines()
+                     if line.startswith(f"def {problem['entry_point']}("))
+    body = problem["solution"][len(problem["prompt"]):]
+    return f"Here is the function:\n```python\n{signature}\n{body}```\n"
+
+
+@pytest.fixture(scope="module")
+def helper_problems() -> pl.DataFrame:
+    from mucode.data import load_problems
+
+    problems = load_problems("humaneval", "test")
+    return problems.filter(pl.col("task_id").is_in(PROMPT_HELPER_TASKS))
+
+
+def test_humaneval_answers_that_rewrite_only_the_target_can_call_the_prompts_helpers(sandbox, helper_problems):
+    from mucode.data.verify import failing_solutions
+    from mucode.prompts import extract_code
+    from mucode.tasks.evaluate import execute_candidates
+
+    assert helper_problems.height == 4
+    rows = list(helper_problems.iter_rows(named=True))
+    codes = [extract_code(chat_answer(row)) for row in rows]
+    assert all(code.startswith("def ") and "encode_cyclic(s: str)" not in code for code in codes)
+    # The evaluation search: public and private tests of every candidate.
+    verdicts = execute_candidates(sandbox, list(zip(rows, codes)))
+    assert [(public.status, private.status) for public, private in verdicts] == [("passed", "passed")] * 4, \
+        [private.feedback for _, private in verdicts]
+    # The execute stage: oracle labels of rollout rows.
+    frame = pl.DataFrame({"task_id": [row["task_id"] for row in rows], "rollout_id": [0] * 4, "turn": [1] * 4,
+                          "code": codes, "private_passed": [True] * 4})
+    assert label_rollouts(frame, helper_problems, sandbox.run)["oracle_passed"].to_list() == [True] * 4
+    # The dataset check runs the same program text.
+    assert failing_solutions(helper_problems.with_columns(pl.Series("solution", codes))) == []
+
+
+def test_an_answer_that_redefines_a_prompt_helper_runs_its_own(sandbox, helper_problems):
+    from mucode.tasks.evaluate import execute_candidates
+
+    row = helper_problems.filter(pl.col("task_id") == "humaneval/10").row(0, named=True)
+    code = chat_answer(row).split("```python\n")[1].split("```")[0]
+    broken_helper = "def is_palindrome(string: str) -> bool:\n    return True\n\n" + code
+    (_, private), = execute_candidates(sandbox, [(row, broken_helper)])
+    assert private.status == "failed", private  # the answer's helper replaced the prompt's

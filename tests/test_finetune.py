@@ -24,7 +24,7 @@ def sft_frame():
     """Each problem's first-turn prompt and a two-turn prompt (after a failed answer), same target."""
     rows = []
     for name, target in TARGETS.items():
-        first = initial_conversation(f"Write a function {name}.", f"assert {name}(2, 2) == 4")
+        first = initial_conversation(f"Write a function {name}.", f"assert {name}(2, 2) == 4", "mbpp")
         second = extend_conversation(first, "def x():\n    pass", False, f"NameError: name '{name}' is not defined")
         rows += [{"task_id": name, "prompt_messages": json.dumps(first), "completion": target},
                  {"task_id": name, "prompt_messages": json.dumps(second), "completion": target}]

@@ -10,7 +10,7 @@ from mucode.prompts import (
 
 
 def test_first_message_has_problem_tests_and_the_papers_wording():
-    message = first_user_message("Write a function add.", "assert add(1, 2) == 3")
+    message = first_user_message("Write a function add.", "assert add(1, 2) == 3", "mbpp")
     assert message.startswith("Write a Python function implementation for the following prompt:\n\nWrite a function add.")
     assert "Your code should satisfy these tests:\n\nassert add(1, 2) == 3\n\n" in message
     assert message.endswith("Be sure to include the relevant import statements:\n```python\ncode\n```")
@@ -44,11 +44,11 @@ def test_feedback_messages():
 
 
 def test_conversation_grows_by_answer_and_feedback():
-    start = initial_conversation("P", "assert f() == 1")
+    start = initial_conversation("P", "assert f() == 1", "mbpp")
     after = extend_conversation(start, "```python\ndef f(): return 2\n```", False, "AssertionError")
     assert [m["role"] for m in after] == ["user", "assistant", "user"]
     assert after[2]["content"] == "Feedback: AssertionError"
-    assert start == initial_conversation("P", "assert f() == 1")  # not mutated
+    assert start == initial_conversation("P", "assert f() == 1", "mbpp")  # not mutated
 
 
 def test_termination_rules():

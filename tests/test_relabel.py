@@ -25,7 +25,7 @@ def answer(name: str) -> str:
 
 def trajectory(task_id, rollout_id, answers):
     """Rows of one rollout: `answers` = [(name, oracle_passed)], the last one final."""
-    conversation, out = initial_conversation(f"problem {task_id}", f"assert {task_id}() == 1"), []
+    conversation, out = initial_conversation(f"problem {task_id}", f"assert {task_id}() == 1", "mbpp"), []
     for turn, (name, passed) in enumerate(answers, start=1):
         out.append({"task_id": task_id, "rollout_id": rollout_id, "turn": turn,
                     "prompt_messages": json.dumps(conversation), "response": answer(name),

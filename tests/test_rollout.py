@@ -16,6 +16,7 @@ from mucode.tasks.rollout import ROLLOUT_SCHEMA, RolloutInputError, run_rollouts
 
 PROBLEMS = pl.DataFrame({
     "task_id": ["t/add", "t/mul"],
+    "dataset": ["mbpp", "mbpp"],
     "prompt": ["Write add(a, b).", "Write mul(a, b)."],
     "public_tests": ["assert add(1, 2) == 3", "assert mul(2, 3) == 6"],
     "private_tests": ["assert add(1, 2) == 3\nassert add(-1, 1) == 0", "assert mul(2, 3) == 6\nassert mul(0, 5) == 0"],
@@ -28,7 +29,7 @@ class ScriptedEngine:
     def __init__(self, script):
         self.script, self.tokens_generated, self.calls = script, 0, []
 
-    def generate(self, conversations, n, sampling):
+    def generate(self, conversations, n, sampling, streams=None):
         self.calls.append((len(conversations), n))
         outputs = []
         for conversation in conversations:

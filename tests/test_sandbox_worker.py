@@ -263,6 +263,9 @@ def test_directories_holding_the_interpreter_stay_visible(tmp_path):
     candidates = (str(interpreter_home), str(data), str(tmp_path / "absent"))
     assert directories_to_hide(candidates, keep_visible=(str(interpreter_home / "lib"),)) == (str(data),)
     assert directories_to_hide(candidates, keep_visible=(str(tmp_path / "optional"),)) == candidates[:2]
+    nested = (str(data), str(data / "inner"), str(data))
+    (data / "inner").mkdir()
+    assert directories_to_hide(nested, keep_visible=()) == (str(data),)
 
 
 def test_the_system_itself_is_never_hidden():

@@ -33,7 +33,7 @@ WRONG = ["I am not sure how to solve this.", "```python\nraise NotImplementedErr
 
 
 def problems_frame():
-    return pl.DataFrame([{"task_id": t, "prompt": p, "public_tests": tests, "private_tests": tests}
+    return pl.DataFrame([{"task_id": t, "dataset": "mbpp", "prompt": p, "public_tests": tests, "private_tests": tests}
                          for t, (p, tests, _) in PROBLEMS.items()])
 
 
@@ -77,7 +77,19 @@ def test_samples_are_every_turn_labelled_by_final_oracle_outcome():
                                           zip(aggregated["final"], aggregated["oracle_passed"])]
     assert samples["label"].sum() == 8 and not samples.filter(pl.col("answer").is_in(WRONG))["label"].any()
     prompt, tests, _ = PROBLEMS["add"]
-    assert set(samples.filter(pl.col("task_id") == "add")["prompt"]) == {first_user_message(prompt, tests)}
+    assert set(samples.filter(pl.col("task_id") == "add")["prompt"]) == {first_user_message(prompt, tests, "mbpp")}
+
+
+def test_samples_of_stdin_stdout_problems_carry_the_stdio_prompt():
+    # The verifier must read CodeContests problems as the generator saw them in training.
+    problems = problems_frame().with_columns(pl.lit("codecontests").alias("dataset"))
+    samples = verifier_samples(aggregated_frame(), problems)
+    prompt, tests, _ = PROBLEMS["add"]
+    assert set(samples.filter(pl.col("task_id") == "add")["prompt"]) == {first_user_message(prompt, tests,
+                                                                                            "codecontests")}
+    assert samples["prompt"].str.contains("reads from standard input").all()
+    with pytest.raises(VerifierInputError, match=r"problems frame lacks columns \['dataset'\]"):
+        verifier_samples(aggregated_frame(), problems_frame().drop("dataset"))
 
 
 def test_samples_reject_bad_inputs():
@@ -317,7 +329,7 @@ def test_final_answer_scores_cover_each_distinct_final_answer(bt_verifier):
     assert scores.height == finals.height == 4
     assert set(scores.select("task_id", "response").rows()) == set(finals.rows())
     prompt, tests, _ = PROBLEMS["add"]
-    direct = scorer.score([first_user_message(prompt, tests)] * 4, scores["response"].to_list())
+    direct = scorer.score([first_user_message(prompt, tests, "mbpp")] * 4, scores["response"].to_list())
     assert scores["verifier_score"].to_list() == pytest.approx(direct, abs=1e-4)
 
 

@@ -1,7 +1,9 @@
 """The interface every generation engine implements (see docs/architecture.md).
 
 An engine turns conversations into sampled assistant replies: ``generate`` returns
-``[conversation][sample]`` strings, the engine applies the chat template itself, and
+``[conversation][sample]`` strings, the engine applies the chat template itself, seeds each
+draw by the contract of ``mucode.engines.sampling`` (``plan_draws``, with the caller's
+``streams`` when given), and
 ``tokens_generated`` counts generated tokens (no padding) for progress and throughput.
 Engines are context managers; ``close`` releases the model (and the GPU).
 
@@ -11,6 +13,7 @@ This module holds no model code.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from types import TracebackType
 
 from mucode.engines.sampling import SamplingParams
@@ -24,8 +27,13 @@ class Engine(ABC):
     tokens_generated: int = 0
 
     @abstractmethod
-    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams) -> list[list[str]]:
-        """``n`` sampled replies per conversation, ``[conversation][sample]``."""
+    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams,
+                 streams: Sequence[str] | None = None) -> list[list[str]]:
+        """``n`` sampled replies per conversation, ``[conversation][sample]``.
+
+        ``streams[i]`` names conversation i's seed stream: sample j is then the same
+        whatever call it comes from (``mucode.engines.sampling``).
+        """
 
     @abstractmethod
     def close(self) -> None:

@@ -10,7 +10,8 @@ a few-hundred-token prompt do not pay n prefills. Greedy decoding computes one d
 prompt (all n samples are equal) and counts its tokens once in ``tokens_generated``.
 
 Reproducibility: each draw samples from its own random stream, seeded from
-``sampling.seed``, the prompt's tokens and the draw's index (``SeededSampler``). The same
+``sampling.seed``, the prompt's tokens, its seed stream and the draw's index (the contract in
+``mucode.engines.sampling``; ``SeededSampler`` draws from it). The same
 prompt and seed therefore give the same reply in a second call, in a new engine, and
 whatever else is in the call or the batch, up to floating-point differences between
 batch shapes (a near-tie between two tokens can flip; rare in float32).
@@ -72,14 +73,15 @@ class HFEngine(Engine):
         """The exact prompt token ids ``generate`` uses for these conversations."""
         return prompt_token_ids(self.tokenizer, conversations)
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams) -> list[list[str]]:
+    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams,
+                 streams: Sequence[str] | None = None) -> list[list[str]]:
         """``n`` replies per conversation, ``[conversation][sample]``, in call order."""
         self.check_open()
         draws_each = draws_per_prompt(n, sampling)
         if not conversations:
             return []
         prompts = self.prompt_token_ids(conversations)
-        draws = plan_draws(prompts, draws_each, sampling.seed)
+        draws = plan_draws(prompts, draws_each, sampling.seed, streams)
         replies: list[str] = [""] * len(draws)
         lengths = [len(prompts[draw.prompt_index]) for draw in draws]
         for batch in length_sorted_batches(lengths, self.batch_size):

@@ -1,9 +1,20 @@
 """Sampling settings shared by every engine, and the per-draw seeds that make runs repeatable.
 
-A *draw* is one sample of one prompt. Its seed depends only on the call's base seed, the
-prompt's tokens and the draw's index among identical prompts, never on batch size,
-bucketing or the other prompts of the call, so an engine that seeds each draw with
-``draw_seed`` gives the same output for the same prompt wherever it sits in a call.
+The seed contract (every engine plans its draws with ``plan_draws``). A *draw* is one
+sample of one prompt; each prompt of a call belongs to a *seed stream*:
+
+- named by the caller (``streams[i]``, e.g. ``"<task>/rollout-3/turn-2"``): draw j of
+  prompt i is seeded by (base seed, prompt tokens, ``streams[i]``, j). The seed does not
+  depend on which call, chunk, batch or position the prompt is in, so a caller that names
+  one stream per (problem, rollout, turn), or per (problem, search, turn) with j the
+  candidate, never repeats a sample however it cuts its work into calls. Identical prompts
+  of one call must name different streams (a repeat is refused);
+- not named: the k-th copy of a prompt within the call draws indices k·n .. k·n + n − 1, so
+  identical prompts differ within ONE call only; two calls repeat each other's samples.
+
+Seeds never depend on batch size, bucketing or the other prompts of the call, so an engine
+that seeds each draw with its ``Draw.seed`` gives the same output for the same prompt and
+stream wherever it sits.
 
 This module has no torch dependency and runs no model.
 """
@@ -56,18 +67,27 @@ def draws_per_prompt(n: int, sampling: SamplingParams) -> int:
     return 1 if sampling.greedy else n
 
 
-def plan_draws(prompts: Sequence[Sequence[int]], draws: int, base_seed: int) -> list[Draw]:
+def plan_draws(prompts: Sequence[Sequence[int]], draws: int, base_seed: int,
+               streams: Sequence[str] | None = None) -> list[Draw]:
     """Every (prompt, sample) pair of a call, prompt-major, each with its own seed.
 
-    Identical prompts in one call get distinct draw indices (the k-th copy continues
-    where the previous copy stopped), so repeating a conversation never repeats a sample.
+    ``streams`` names each prompt's seed stream (see the module docstring); without it,
+    identical prompts in the call get distinct draw indices (the k-th copy continues where
+    the previous copy stopped).
     """
+    if streams is not None and len(streams) != len(prompts):
+        raise ValueError(f"{len(streams)} seed streams for {len(prompts)} prompts: name one stream per prompt")
     copies_seen: dict[bytes, int] = {}
     planned: list[Draw] = []
     for prompt_index, prompt in enumerate(prompts):
         key = prompt_key(prompt)
+        if streams is not None:
+            key = hashlib.sha256(key + streams[prompt_index].encode()).digest()
         copy_number = copies_seen.get(key, 0)
         copies_seen[key] = copy_number + 1
+        if streams is not None and copy_number:
+            raise ValueError(f"seed stream {streams[prompt_index]!r} is named twice for one prompt: "
+                             "identical prompts need distinct streams, or they repeat a sample")
         for sample_index in range(draws):
             draw_index = copy_number * draws + sample_index
             planned.append(Draw(prompt_index, sample_index, draw_seed(base_seed, key, draw_index)))

@@ -171,13 +171,14 @@ class SGLangEngine(Engine):
             name="sglang engine",
         )
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams) -> list[list[str]]:
+    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams,
+                 streams: Sequence[str] | None = None) -> list[list[str]]:
         """``n`` replies per conversation, ``[conversation][sample]``, in call order."""
         draws_each = draws_per_prompt(n, sampling)
         if not conversations:
             return []
         prompts = prompt_token_ids(self.tokenizer, conversations)
-        draws = plan_draws(prompts, draws_each, sampling.seed)
+        draws = plan_draws(prompts, draws_each, sampling.seed, streams)
         results: list[tuple[str, int]] = self.worker.call("generate", build_requests(prompts, draws, sampling, self.stop_ids))
         self.tokens_generated += sum(tokens for _, tokens in results)
         grouped = reshape_outputs([text for text, _ in results], len(conversations), draws_each, SGLANG_OUTPUT_ORDER)

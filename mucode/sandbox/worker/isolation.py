@@ -139,12 +139,18 @@ def directories_to_hide(candidates: tuple[str, ...], keep_visible: tuple[str, ..
             for resolved in (os.path.abspath(path), os.path.realpath(path))
         )
 
-    return tuple(
+    hidden = [
         directory
         for directory in candidates
         if directory not in NEVER_HIDDEN
         and os.path.isdir(directory)
         and not any(holds(directory, path) for path in keep_visible)
+    ]
+    # A directory inside another hidden one is gone once that one is covered: mounting on it
+    # would fail (a checkout at /work/wt/<name> adds /work/wt beside /work).
+    return tuple(
+        directory for directory in dict.fromkeys(hidden)
+        if not any(directory.startswith(outer + "/") for outer in hidden if outer != directory)
     )
 
 
