@@ -56,7 +56,7 @@ def build_launch_command(stage: Stage, compute: ComputeConfig, args: Sequence[st
     `cpu_processes` > 1 launches that many CPU ranks instead (DDP over gloo, fp32): how the
     multi-process code paths are tested without GPUs. `accelerate launch --cpu` would start
     one process unless MPI is installed, so the ranks go through torchrun (`--multi_gpu`)
-    and train on CPU because `compute.num_gpus` is 0. `port` is the rendezvous port.
+    and train on CPU because `compute.num_gpus` is 0. `port` is the rendezvous port (0: any free one).
     """
     if cpu_processes:
         check_cpu_launch(compute, cpu_processes)
@@ -87,15 +87,6 @@ def check_cpu_launch(compute: ComputeConfig, cpu_processes: int) -> None:
         )
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now (the rendezvous port of a CPU launch)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def launch_options(section: str, settings: Any, compute: ComputeConfig, base: str, out_dir: str,
                    seed: int) -> list[str]:
     """The entry-point arguments of a training stage (its frames and `--metrics` are added at launch)."""
@@ -122,7 +113,7 @@ def run_training(stage: Stage, compute: ComputeConfig, train_here: Callable[[], 
             args += [f"--{name}", str(path)]
         metrics_path = Path(scratch) / "metrics.json"
         command = build_launch_command(stage, compute, [*args, "--metrics", str(metrics_path)], cpu_processes,
-                                       port=free_port() if cpu_processes else None)
+                                       port=0 if cpu_processes else None)  # 0: accelerate picks a free port
         completed = subprocess.run([accelerate_executable(), *command[1:]], check=False)
         if completed.returncode != 0:
             raise TrainingLaunchError(

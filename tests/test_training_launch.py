@@ -68,6 +68,27 @@ def test_single_gpu_command_has_no_config_file():
                        "mucode.tasks.finetune"]
 
 
+def test_cpu_ranks_command_is_ddp_through_torchrun():
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    command = build_launch_command("finetune", ComputeConfig(), ["--sft", "x.parquet"], cpu_processes=2, port=29123)
+    assert command == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
+                       "--main_process_port", "29123", "-m", "mucode.tasks.finetune", "--sft", "x.parquet"]
+    args = validated(command)
+    assert args.multi_gpu and not (args.cpu or args.use_fsdp or args.use_deepspeed)  # torchrun, not one process
+    env = prepare_multi_gpu_env(args)
+    assert args.master_port == "29123" and env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+@pytest.mark.parametrize("compute", [FSDP.model_copy(update={"num_gpus": 0}), ZERO3.model_copy(update={"num_gpus": 0}),
+                                     ComputeConfig(num_gpus=2)])
+def test_cpu_ranks_refuse_what_needs_gpus(compute):
+    with pytest.raises(TrainingLaunchError, match="CPU ranks need 2\\+ processes, num_gpus=0 and distributed=none"):
+        build_launch_command("verifier", compute, [], cpu_processes=2)
+    with pytest.raises(TrainingLaunchError, match="cpu_processes=1"):
+        build_launch_command("verifier", ComputeConfig(), [], cpu_processes=1)
+
+
 def test_no_gpu_means_no_launch():
     with pytest.raises(TrainingLaunchError, match="needs compute.num_gpus >= 1"):
         build_launch_command("finetune", ComputeConfig(), [])
