@@ -5,7 +5,9 @@ The verifier and fine-tuning stages each have a module entry point
 trains in the calling process in fp32; with GPUs `run_training` writes the input frames to
 a temporary directory and starts the same entry point through `accelerate launch` with the
 repository's DeepSpeed ZeRO-3 or FSDP config (containers/accelerate/), then reads back the
-metrics the main process wrote. This module also maps the shared part of `ComputeConfig`
+metrics the main process wrote. `cpu_processes` launches the same entry point on several
+CPU ranks (DDP over gloo), which is how the multi-process paths are tested without GPUs
+(docs/architecture.md, "Multi-process training"). This module also maps the shared part of `ComputeConfig`
 onto transformers' `TrainingArguments` keywords. It does not build datasets or models.
 """
 

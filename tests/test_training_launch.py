@@ -299,19 +299,28 @@ def test_finetune_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, mon
     assert_only_rank0_wrote(tmp_path / "writes", tmp_path / "two")
 
 
+def verifier_frames(problem_count):
+    """One passing and one failing final answer per problem: one BT pair each."""
+    ids = [f"t{i}" for i in range(problem_count)]
+    problems = pl.DataFrame({"task_id": ids, "prompt": [f"do {t}" for t in ids],
+                             "public_tests": ["assert f()"] * problem_count})
+    aggregated = pl.DataFrame({"task_id": [t for t in ids for _ in range(2)],
+                               "response": [f"{kind} {t}" for t in ids for kind in ("good", "bad")],
+                               "final": [True] * 2 * problem_count, "oracle_passed": [True, False] * problem_count})
+    return aggregated, problems
+
+
+VERIFIER_ON_RANKS = VerifierConfig(pairs_per_problem=1, learning_rate=LEARNING_RATE, epochs=1, batch_size=2,
+                                   max_length=64, heldout_fraction=0.0)
+
+
 @pytest.mark.slow
 def test_verifier_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, monkeypatch):
     from mucode.tasks.verifier import fit_verifier
     from mucode.training import launch_options
 
-    ids = [f"t{i}" for i in range(4)]
-    problems = pl.DataFrame({"task_id": ids, "prompt": [f"do {t}" for t in ids], "public_tests": ["assert f()"] * 4})
-    aggregated = pl.DataFrame({"task_id": [t for t in ids for _ in range(2)],
-                               "response": [f"{kind} {t}" for t in ids for kind in ("good", "bad")],
-                               "final": [True] * 8, "oracle_passed": [True, False] * 4})
-    cfg = VerifierConfig(pairs_per_problem=1, learning_rate=LEARNING_RATE, epochs=1, batch_size=2, max_length=64,
-                         heldout_fraction=0.0)
-    compute = ComputeConfig()
+    aggregated, problems = verifier_frames(4)
+    cfg, compute = VERIFIER_ON_RANKS, ComputeConfig()
     single = run_training("verifier", compute, lambda: fit_verifier(cfg, compute, tiny_model, aggregated, problems,
                                                                     str(tmp_path / "one"), 3), {}, [])
     log_rank_writes(monkeypatch, tmp_path / "writes")
@@ -324,6 +333,21 @@ def test_verifier_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, mon
     assert [e["step"] for e in single["loss_log"]] == [1, 2]
     assert_same_training(single, ranks, tmp_path / "one", tmp_path / "two", tiny_model)
     assert_only_rank0_wrote(tmp_path / "writes", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_an_odd_number_of_pairs_does_not_hang_the_ranks(tiny_model, tmp_path, monkeypatch):
+    """3 pairs on 2 ranks: accelerate gives both ranks the same number of batches (the last
+    one topped up with the first pair again), so both take 2 steps and neither waits forever."""
+    from mucode.training import launch_options
+
+    aggregated, problems = verifier_frames(3)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    ranks = run_training("verifier", ComputeConfig(), lambda: pytest.fail("trained in-process"),
+                         {"aggregated": aggregated, "problems": problems},
+                         launch_options("verifier", VERIFIER_ON_RANKS, ComputeConfig(), tiny_model,
+                                        str(tmp_path / "two"), 3), cpu_processes=CPU_RANKS)
+    assert ranks["train_pairs"] == 3 and [e["step"] for e in ranks["loss_log"]] == [1, 2]
 
 
 # The stage as the flow runs it (scratch dir, then an atomic put_dir), on CPU ranks.
