@@ -2,8 +2,10 @@
 
 The accelerate command is built and checked by accelerate's own argument parser and
 validation; the config files are read by accelerate's loader; `run_training` is checked to
-hand its frames and options to the launched entry point; and (slow) the stage entry points
-run on CPU in a subprocess, the same code each accelerate rank would run.
+hand its frames and options to the launched entry point; (slow) the stage entry points
+run on CPU in a subprocess, the same code each accelerate rank would run; and (slow) they
+run on two CPU ranks under `accelerate launch` (DDP over gloo) and are compared with one
+process. FSDP and ZeRO-3 need GPUs: their commands are parsed only.
 """
 
 import json
