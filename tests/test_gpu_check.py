@@ -91,3 +91,20 @@ def test_summary_reads_stage_windows_memory_and_pass_rates(tmp_path, capsys):
     assert lines[1].split() == ["rollout", "rollout-1", "10.0", "31000"]
     assert lines[2].split() == ["finetune", "finetune-1", "5.0", "52000"]
     assert lines[-1].split() == ["mucode", "humaneval", "2", "25.0%", "25.0%", "37.5%", "12.5%"]
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_the_config_with_the_scripts_overrides_is_valid(gpus):
+    """What the script runs on `gpus` GPUs parses, and every batch divides over the ranks."""
+    from mucode.config import load_config
+    from mucode.training import per_device_batch_size
+
+    distributed = "deepspeed-zero3" if gpus >= 2 else "none"
+    cfg = load_config(str(REPO / "configs" / "gpu-check.yaml"),
+                      [f"compute.num_gpus={gpus}", f"engine.dp_size={gpus}", f"compute.distributed={distributed}",
+                       f"verifier.batch_size={2 * gpus}", f"finetune.batch_size={2 * gpus}"])
+    assert cfg.engine.kind == "sglang" and cfg.iterations == 1 and cfg.model.name.startswith("bundled:")
+    assert per_device_batch_size(cfg.verifier.batch_size, cfg.compute) == 2
+    assert per_device_batch_size(cfg.finetune.batch_size, cfg.compute, cfg.finetune.gradient_accumulation_steps) >= 1
+    script = SCRIPT.read_text()
+    assert '--override "verifier.batch_size=$((2 * gpus))"' in script and "distributed=deepspeed-zero3" in script
