@@ -223,7 +223,7 @@ def test_batched_multi_turn_generation_through_a_real_server(served_model: str) 
                 ("t/mul", "Write mul(a, b).", "assert mul(2, 3) == 6")]
     trajectories = [Trajectory(task, rollout, initial_conversation(prompt, tests, ""))
                     for task, prompt, tests in problems for rollout in range(2)]
-    sampling = SamplingParams(temperature=0.7, max_new_tokens=32, seed=1)
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=24, seed=1)
     drawn: list[int] = []
     with start_engine(served_model) as engine:
         assert engine.server is not None and engine.server.process.poll() is None
@@ -236,9 +236,9 @@ def test_batched_multi_turn_generation_through_a_real_server(served_model: str) 
         assert len(second) == 4 and drawn == [4, 4]
         assert all(isinstance(answer, str) and "<|im_end|>" not in answer for answer in first + second)
         assert engine.tokens_generated > 0
-        replies = engine.generate(MULTI_TURN, 3, SamplingParams(temperature=1.0, max_new_tokens=16, seed=5))
+        replies = engine.generate(MULTI_TURN, 3, SamplingParams(temperature=1.0, max_new_tokens=8, seed=5))
         assert [len(samples) for samples in replies] == [3, 3]
-        greedy = engine.generate(MULTI_TURN, 2, SamplingParams(temperature=0, max_new_tokens=16))
+        greedy = engine.generate(MULTI_TURN, 2, SamplingParams(temperature=0, max_new_tokens=8))
         assert all(samples[0] == samples[1] for samples in greedy)
         server = engine.server
     assert server.process.poll() is not None  # close() killed it

@@ -12,6 +12,7 @@ Knows nothing about SGLang's flags or about generation.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -49,6 +50,9 @@ class ServerProcess:
                 list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **dict(env or {})}, start_new_session=True,
             )
+        # A caller that exits without close() must not leave a server holding the GPU.
+        # (A SIGKILLed caller still does: its own session keeps the server alive.)
+        atexit.register(self.kill)
 
     @property
     def pid(self) -> int:
@@ -67,6 +71,7 @@ class ServerProcess:
         except (ProcessLookupError, PermissionError):
             pass  # the group is gone already
         self.process.wait(timeout=30)
+        atexit.unregister(self.kill)
 
 
 def wait_until_ready(base_url: str, timeout_s: float, server: ServerProcess | None = None,
