@@ -2,7 +2,7 @@
 
 `stage_code(module)` walks the imports of a stage's module statically (`ast`), transitively,
 over the project's packages, also imports inside functions and import paths written as
-strings (`"mucode.engines.sglang_backend:SGLangBackend"`), and hashes every module reached,
+strings (`"package.module:Name"`), and hashes every module reached,
 with the parent packages Python runs on import. The sandbox worker runs as its own program
 in a subprocess, so reaching any of its modules includes all of them. Each module is hashed
 as the dump of its syntax tree: comments and formatting do not count, every statement and
@@ -38,7 +38,6 @@ SUBPROCESS_PACKAGES = ("mucode.sandbox.worker",)
 # Modules that import by a computed name, and why the walk may ignore it.
 COMPUTED_IMPORTS = {
     "mucode.tasks": "the stage registry; flows use it, a stage imports what it runs by name",
-    "mucode.engines.worker": "import_object(path): its callers pass string constants, which the walk follows",
     "mucode.sandbox.worker.main": "preloads standard-library modules by name; the worker is hashed whole anyway",
 }
 WHOLE_PROJECT = "mucode (all modules)"

@@ -5,7 +5,9 @@ The verifier and fine-tuning stages each have a module entry point
 trains in the calling process in fp32; with GPUs `run_training` writes the input frames to
 a temporary directory and starts the same entry point through `accelerate launch` with the
 repository's DeepSpeed ZeRO-3 or FSDP config (containers/accelerate/), then reads back the
-metrics the main process wrote. This module also maps the shared part of `ComputeConfig`
+metrics the main process wrote. `cpu_processes` launches the same entry point on several
+CPU ranks (DDP over gloo), which is how the multi-process paths are tested without GPUs
+(docs/architecture.md, "Multi-process training"). This module also maps the shared part of `ComputeConfig`
 onto transformers' `TrainingArguments` keywords. It does not build datasets or models.
 """
 
@@ -49,18 +51,42 @@ def accelerate_config_path(distributed: str) -> Path:
     return path
 
 
-def build_launch_command(stage: Stage, compute: ComputeConfig, args: Sequence[str]) -> list[str]:
-    """`accelerate launch ... -m mucode.tasks.<stage> <args>` for `compute.num_gpus` processes."""
-    if compute.num_gpus < 1:
-        raise TrainingLaunchError("accelerate launch needs compute.num_gpus >= 1: on CPU the stage runs in-process")
-    command = ["accelerate", "launch"]
-    if compute.distributed != "none":
-        command += ["--config_file", str(accelerate_config_path(compute.distributed))]
-    command += ["--num_processes", str(compute.num_gpus), "--mixed_precision", "bf16" if compute.bf16 else "no"]
-    if compute.distributed == "fsdp":
-        # FSDP checkpoints activations itself; the Trainer's own flag would all-gather twice.
-        command += ["--fsdp_activation_checkpointing", "true" if compute.gradient_checkpointing else "false"]
+def build_launch_command(stage: Stage, compute: ComputeConfig, args: Sequence[str], cpu_processes: int = 0,
+                         port: int | None = None) -> list[str]:
+    """`accelerate launch ... -m mucode.tasks.<stage> <args>` for `compute.num_gpus` processes.
+
+    `cpu_processes` > 1 launches that many CPU ranks instead (DDP over gloo, fp32): how the
+    multi-process code paths are tested without GPUs. `accelerate launch --cpu` would start
+    one process unless MPI is installed, so the ranks go through torchrun (`--multi_gpu`)
+    and train on CPU because `compute.num_gpus` is 0. `port` is the rendezvous port (0: any free one).
+    """
+    if cpu_processes:
+        check_cpu_launch(compute, cpu_processes)
+        command = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(cpu_processes),
+                   "--mixed_precision", "no"]
+    else:
+        if compute.num_gpus < 1:
+            raise TrainingLaunchError("accelerate launch needs compute.num_gpus >= 1: on CPU the stage runs in-process")
+        command = ["accelerate", "launch"]
+        if compute.distributed != "none":
+            command += ["--config_file", str(accelerate_config_path(compute.distributed))]
+        command += ["--num_processes", str(compute.num_gpus), "--mixed_precision", "bf16" if compute.bf16 else "no"]
+        if compute.distributed == "fsdp":
+            # FSDP checkpoints activations itself; the Trainer's own flag would all-gather twice.
+            command += ["--fsdp_activation_checkpointing", "true" if compute.gradient_checkpointing else "false"]
+    if port is not None:
+        command += ["--main_process_port", str(port)]
     return [*command, "-m", f"mucode.tasks.{stage}", *args]
+
+
+def check_cpu_launch(compute: ComputeConfig, cpu_processes: int) -> None:
+    """CPU ranks train plain DDP: ZeRO-3 needs GPUs, and accelerate turns FSDP on only for
+    accelerator devices (on CPU ranks it would silently train DDP instead)."""
+    if cpu_processes < 2 or compute.num_gpus or compute.distributed != "none":
+        raise TrainingLaunchError(
+            f"cpu_processes={cpu_processes} with num_gpus={compute.num_gpus}, distributed={compute.distributed!r}: "
+            "CPU ranks need 2+ processes, num_gpus=0 and distributed=none (ZeRO-3 and FSDP need GPUs)"
+        )
 
 
 def launch_options(section: str, settings: Any, compute: ComputeConfig, base: str, out_dir: str,
@@ -71,13 +97,15 @@ def launch_options(section: str, settings: Any, compute: ComputeConfig, base: st
 
 
 def run_training(stage: Stage, compute: ComputeConfig, train_here: Callable[[], dict[str, Any]],
-                 frames: dict[str, pl.DataFrame], options: Sequence[str]) -> dict[str, Any]:
+                 frames: dict[str, pl.DataFrame], options: Sequence[str], cpu_processes: int = 0) -> dict[str, Any]:
     """Train in this process when there is no GPU, else launch the stage's entry point.
 
     `frames` become `--<name> file.parquet` arguments of the launched entry point, `options`
     are passed as they are; the entry point writes its metrics to `--metrics`.
+    `cpu_processes` > 1 launches that many CPU ranks instead (see `build_launch_command`).
+    A rank that dies ends the launch: torchrun stops the other ranks and exits non-zero.
     """
-    if compute.num_gpus == 0:
+    if compute.num_gpus == 0 and not cpu_processes:
         return train_here()
     with tempfile.TemporaryDirectory(prefix=f"mucode-{stage}-") as scratch:
         args = list(options)
@@ -86,7 +114,8 @@ def run_training(stage: Stage, compute: ComputeConfig, train_here: Callable[[], 
             frame.write_parquet(path)
             args += [f"--{name}", str(path)]
         metrics_path = Path(scratch) / "metrics.json"
-        command = build_launch_command(stage, compute, [*args, "--metrics", str(metrics_path)])
+        command = build_launch_command(stage, compute, [*args, "--metrics", str(metrics_path)], cpu_processes,
+                                       port=0 if cpu_processes else None)  # 0: accelerate picks a free port
         completed = subprocess.run([accelerate_executable(), *command[1:]], check=False)
         if completed.returncode != 0:
             raise TrainingLaunchError(
@@ -102,7 +131,8 @@ def accelerate_executable() -> str:
 
 
 def world_size(compute: ComputeConfig) -> int:
-    return max(1, compute.num_gpus)
+    """The number of training processes: the launched world inside a rank, else the GPUs to launch."""
+    return int(os.environ.get("WORLD_SIZE", max(1, compute.num_gpus)))
 
 
 def per_device_batch_size(global_batch: int, compute: ComputeConfig, accumulation_steps: int = 1) -> int:

@@ -1,20 +1,16 @@
 """Generation engines (mucode.engines): sampling plans, batching, the seeded sampler, the
-hf engine on the bundled model, and the CPU-testable parts of the sglang engine.
+hf engine on the bundled model, and the sglang engine's missing-SGLang error.
 
-The sglang tests below never run SGLang (it needs a GPU). They exercise the real worker
-process and pipe protocol with small fake backend classes defined in this file, which the
-spawned child imports by module path; they test our plumbing, not SGLang.
+The sglang engine's client, server process handling, retries and timeouts are tested
+against a real CPU server in tests/test_server_engine.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,21 +19,12 @@ from mucode.engines import (
     EngineUnavailableError,
     SamplingParams,
     UnknownEngineError,
-    WorkerError,
     make_engine,
 )
 from mucode.engines.batching import cut_at_stop, group_by_prompt, left_pad, length_sorted_batches, shared_rows
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.sampling import draws_per_prompt, plan_draws
-from mucode.engines.sglang import (
-    SGLANG_MISSING,
-    build_requests,
-    engine_kwargs,
-    gpu_environment,
-    reshape_outputs,
-)
-from mucode.engines.sglang_backend import parse_generate_outputs
-from mucode.engines.worker import WorkerProcess
+from mucode.engines.sglang import SGLANG_MISSING
 
 BUNDLED = "bundled:smollm2-135m-instruct"
 CONVERSATIONS = [
@@ -231,170 +218,6 @@ def test_sglang_engine_without_sglang_says_how_to_get_it(monkeypatch: pytest.Mon
     assert str(error.value) == SGLANG_MISSING
 
 
-# --- sglang: request building and output reshaping ---------------------------------------
-
-
-def test_reshape_outputs_prompt_major_and_sample_major() -> None:
-    assert reshape_outputs(["a0", "a1", "b0", "b1", "c0", "c1"], 3, 2, "prompt-major") == [
-        ["a0", "a1"],
-        ["b0", "b1"],
-        ["c0", "c1"],
-    ]
-    assert reshape_outputs(["a0", "b0", "c0", "a1", "b1", "c1"], 3, 2, "sample-major") == [
-        ["a0", "a1"],
-        ["b0", "b1"],
-        ["c0", "c1"],
-    ]
-    with pytest.raises(ValueError):
-        reshape_outputs(["a0"], 3, 2, "prompt-major")
-
-
-def test_build_requests_one_seeded_request_per_draw_prompt_major() -> None:
-    prompts = [[1, 2, 3], [4, 5]]
-    sampling = SamplingParams(temperature=0.5, top_p=0.9, max_new_tokens=12, seed=3)
-    draws = plan_draws(prompts, 2, sampling.seed)
-    requests = build_requests(prompts, draws, sampling, stop_ids=[2])
-    assert [request["input_ids"] for request in requests] == [[1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
-    params = requests[0]["sampling_params"]
-    assert params["temperature"] == 0.5 and params["top_p"] == 0.9 and params["max_new_tokens"] == 12
-    assert params["n"] == 1 and params["stop_token_ids"] == [2] and params["skip_special_tokens"]
-    seeds = [request["sampling_params"]["sampling_seed"] for request in requests]
-    assert seeds == [draw.seed for draw in draws] and len(set(seeds)) == 4
-    assert all(0 <= seed < 2**63 for seed in seeds)
-
-
-def test_engine_kwargs_and_gpu_pinning() -> None:
-    kwargs = engine_kwargs("/m", 2, 2, 0, 0.7, "bfloat16", 256, deterministic=True)
-    assert kwargs["model_path"] == "/m" and kwargs["tp_size"] == 2 and kwargs["dp_size"] == 2
-    assert kwargs["mem_fraction_static"] == 0.7 and kwargs["max_running_requests"] == 256
-    assert kwargs["enable_deterministic_inference"] is True
-    assert "mem_fraction_static" not in engine_kwargs("/m", 1, 1, 0, None, "auto", None, False)
-    assert gpu_environment([2, 3, 5, 7], 4) == {"CUDA_VISIBLE_DEVICES": "2,3,5,7"}
-    assert gpu_environment(None, 4) == {}
-    with pytest.raises(ValueError):
-        gpu_environment([0], 2)
-
-
-def test_parse_generate_outputs_reads_text_and_completion_tokens() -> None:
-    outputs = [
-        {"text": "def f(): pass", "meta_info": {"completion_tokens": 6, "prompt_tokens": 30}},
-        {"text": "", "meta_info": {"completion_tokens": 1}},
-    ]
-    assert parse_generate_outputs(outputs) == [("def f(): pass", 6), ("", 1)]
-    assert parse_generate_outputs(outputs[0]) == [("def f(): pass", 6)]
-
-
-# --- the worker process protocol (fake backends, real spawn + pipe) -----------------------
-
-
-class EchoBackend:
-    """Answers in the child process; ``close`` leaves a file behind as proof it ran."""
-
-    def __init__(self, close_marker: str) -> None:
-        self.close_marker = close_marker
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def double(self, values: list[int]) -> list[int]:
-        return [2 * value for value in values]
-
-    def fail(self) -> None:
-        raise KeyError("no such request\nsecond line")
-
-    def close(self) -> None:
-        Path(self.close_marker).write_text("closed")
-
-
-class BrokenBackend:
-    def __init__(self) -> None:
-        raise RuntimeError("CUDA out of memory")
-
-    def close(self) -> None:
-        pass
-
-
-class StuckBackend:
-    """Starts a helper process (as SGLang starts its scheduler) and hangs on close."""
-
-    def __init__(self) -> None:
-        self.helper = subprocess.Popen(["sleep", "600"])
-
-    def helper_pid(self) -> int:
-        return self.helper.pid
-
-    def close(self) -> None:
-        time.sleep(600)
-
-
-def backend_path(backend: type) -> str:
-    return f"{backend.__module__}:{backend.__qualname__}"
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-
-
-def test_worker_runs_calls_in_a_child_and_closes_the_backend(tmp_path: Path) -> None:
-    marker = tmp_path / "closed"
-    worker = WorkerProcess(backend_path(EchoBackend), {"close_marker": str(marker)}, startup_timeout_s=120)
-    try:
-        assert worker.call("pid") == worker.pid != os.getpid()
-        assert worker.call("double", [1, 2, 3]) == [2, 4, 6]
-        with pytest.raises(WorkerError) as error:
-            worker.call("fail")
-        assert "\n" not in str(error.value) and "KeyError" in str(error.value)
-        assert worker.call("double", [5]) == [10]  # still serving after an error
-    finally:
-        worker.close()
-    assert marker.read_text() == "closed"
-    assert not worker.process.is_alive()
-    with pytest.raises(WorkerError):
-        worker.call("pid")
-
-
-def test_worker_startup_failure_is_reported_in_one_line() -> None:
-    with pytest.raises(WorkerError) as error:
-        WorkerProcess(backend_path(BrokenBackend), {}, startup_timeout_s=120)
-    assert "CUDA out of memory" in str(error.value) and "\n" not in str(error.value)
-
-
-def test_closing_a_stuck_worker_kills_its_whole_process_group() -> None:
-    worker = WorkerProcess(backend_path(StuckBackend), {}, startup_timeout_s=120)
-    helper = worker.call("helper_pid")
-    assert process_exists(helper)
-    start = time.monotonic()
-    worker.close(timeout_s=1.0)
-    assert time.monotonic() - start < 15
-    assert not worker.process.is_alive()
-    deadline = time.monotonic() + 5
-    while process_exists(helper) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not process_exists(helper)
-
-
-class FakeSGLangBackend:
-    """Stands in for ``SGLangBackend`` (same constructor kwargs, same ``generate``
-    contract) so the sglang engine's parent side runs end to end without SGLang."""
-
-    def __init__(self, **engine_kwargs: Any) -> None:
-        self.engine_kwargs = engine_kwargs
-
-    def generate(self, requests: list[dict[str, Any]]) -> list[tuple[str, int]]:
-        replies = []
-        for request in requests:
-            params = request["sampling_params"]
-            replies.append((f"{len(request['input_ids'])}:{params['sampling_seed']}", params["max_new_tokens"]))
-        return replies
-
-    def close(self) -> None:
-        pass
-
-
 # --- engines on the bundled model (slow) -------------------------------------------------
 
 
@@ -415,26 +238,6 @@ def bundled_dir(bundled_cache: Path) -> str:
 def hf_engine(bundled_dir: str):
     with make_engine("hf", bundled_dir, batch_size=4) as engine:
         yield engine
-
-
-@pytest.mark.slow
-def test_sglang_engine_parent_side_over_the_real_pipe(bundled_dir: str) -> None:
-    from mucode.engines.sglang import SGLangEngine
-
-    engine = SGLangEngine(bundled_dir, backend=backend_path(FakeSGLangBackend), startup_timeout_s=120)
-    with engine:
-        assert engine.worker.call("generate", []) == []  # an empty batch is fine too
-        sampled = engine.generate(CONVERSATIONS, 2, SamplingParams(max_new_tokens=5, seed=1))
-        from mucode.engines.chat import prompt_token_ids
-
-        lengths = [len(ids) for ids in prompt_token_ids(engine.tokenizer, CONVERSATIONS)]
-        assert [[reply.split(":")[0] for reply in samples] for samples in sampled] == [[str(n)] * 2 for n in lengths]
-        assert len({reply for samples in sampled for reply in samples}) == 6  # distinct seeds
-        assert engine.tokens_generated == 6 * 5
-        greedy = engine.generate(CONVERSATIONS, 3, SamplingParams(temperature=0, max_new_tokens=4))
-        assert [len(set(samples)) for samples in greedy] == [1, 1, 1] and all(len(s) == 3 for s in greedy)
-        assert engine.tokens_generated == 6 * 5 + 3 * 4
-    assert not engine.worker.process.is_alive()
 
 
 @pytest.mark.slow

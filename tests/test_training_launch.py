@@ -2,8 +2,10 @@
 
 The accelerate command is built and checked by accelerate's own argument parser and
 validation; the config files are read by accelerate's loader; `run_training` is checked to
-hand its frames and options to the launched entry point; and (slow) the stage entry points
-run on CPU in a subprocess, the same code each accelerate rank would run.
+hand its frames and options to the launched entry point; (slow) the stage entry points
+run on CPU in a subprocess, the same code each accelerate rank would run; and (slow) they
+run on two CPU ranks under `accelerate launch` (DDP over gloo) and are compared with one
+process. FSDP and ZeRO-3 need GPUs: their commands are parsed only.
 """
 
 import json
@@ -66,6 +68,27 @@ def test_single_gpu_command_has_no_config_file():
     command = build_launch_command("finetune", ComputeConfig(num_gpus=1), [])
     assert command == ["accelerate", "launch", "--num_processes", "1", "--mixed_precision", "no", "-m",
                        "mucode.tasks.finetune"]
+
+
+def test_cpu_ranks_command_is_ddp_through_torchrun():
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    command = build_launch_command("finetune", ComputeConfig(), ["--sft", "x.parquet"], cpu_processes=2, port=29123)
+    assert command == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
+                       "--main_process_port", "29123", "-m", "mucode.tasks.finetune", "--sft", "x.parquet"]
+    args = validated(command)
+    assert args.multi_gpu and not (args.cpu or args.use_fsdp or args.use_deepspeed)  # torchrun, not one process
+    env = prepare_multi_gpu_env(args)
+    assert args.master_port == "29123" and env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+@pytest.mark.parametrize("compute", [FSDP.model_copy(update={"num_gpus": 0}), ZERO3.model_copy(update={"num_gpus": 0}),
+                                     ComputeConfig(num_gpus=2)])
+def test_cpu_ranks_refuse_what_needs_gpus(compute):
+    with pytest.raises(TrainingLaunchError, match="CPU ranks need 2\\+ processes, num_gpus=0 and distributed=none"):
+        build_launch_command("verifier", compute, [], cpu_processes=2)
+    with pytest.raises(TrainingLaunchError, match="cpu_processes=1"):
+        build_launch_command("verifier", ComputeConfig(), [], cpu_processes=1)
 
 
 def test_no_gpu_means_no_launch():
@@ -201,3 +224,197 @@ def test_verifier_entry_point_runs_on_cpu(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_pairs"] == 1 and metrics["heldout_pairs"] == 1 and len(metrics["loss_log"]) == 1
     assert (tmp_path / "verifier" / "config.json").is_file()
+
+
+# ---------------------------------------------------------------- several CPU ranks (DDP over gloo, slow)
+# Two torchrun ranks on CPU run the same entry points the GPU launch runs. The reference is
+# the same stage in one process with the same global batch and seed. The fp32 all-reduce
+# only changes the summation order: losses agree to ~1e-6 relative. Adam divides each update
+# by the gradient's running RMS, so for an element whose gradient is almost zero (a rare
+# token's embedding) that rounding becomes a small fraction of a step: the weights must agree
+# within 5% of one step's largest size, the learning rate (measured: 3e-8 fine-tune, 2.5e-5
+# verifier embeddings, at lr 1e-3).
+
+CPU_RANKS = 2
+LEARNING_RATE = 1e-3
+WEIGHT_ATOL = 0.05 * LEARNING_RATE
+LOSS_RTOL = 1e-5
+PROBE_DIR = Path(__file__).resolve().parent / "rank_probe"
+
+
+def sft_rows(count):
+    return pl.DataFrame([{"prompt_messages": json.dumps([{"role": "user", "content": f"task {i}"}]),
+                          "completion": f"```python\nx = {i}{'0' * i}\n```"} for i in range(count)])
+
+
+def log_rank_writes(monkeypatch, log_dir):
+    """Make every launched rank log the files it writes (tests/rank_probe/sitecustomize.py)."""
+    log_dir.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(PROBE_DIR))
+    monkeypatch.setenv("MUCODE_WRITE_LOG", str(log_dir))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def writes_under(log_dir, rank, *roots):
+    log = log_dir / f"rank-{rank}.log"
+    paths = [line.split(" ", 1)[1] for line in log.read_text().splitlines()] if log.is_file() else []
+    return sorted({p for p in paths if any(p.startswith(str(root)) or p.endswith(str(root)) for root in roots)})
+
+
+def assert_same_training(single, ranks, single_dir, ranks_dir, base_dir):
+    from safetensors.torch import load_file
+
+    assert [e["step"] for e in ranks["loss_log"]] == [e["step"] for e in single["loss_log"]]
+    assert [e["loss"] for e in ranks["loss_log"]] == pytest.approx([e["loss"] for e in single["loss_log"]],
+                                                                   rel=LOSS_RTOL)
+    one, two = load_file(single_dir / "model.safetensors"), load_file(ranks_dir / "model.safetensors")
+    base = load_file(Path(base_dir) / "model.safetensors")
+    assert one.keys() == two.keys()
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < WEIGHT_ATOL
+    # Training moved the weights far beyond the tolerance, so agreeing within it means something.
+    assert max((one[k] - base[k]).abs().max().item() for k in one.keys() & base.keys()) > 10 * WEIGHT_ATOL
+
+
+def assert_only_rank0_wrote(log_dir, out_dir):
+    assert writes_under(log_dir, 1, out_dir, "metrics.json") == []
+    written = writes_under(log_dir, 0, out_dir, "metrics.json")
+    assert str(out_dir / "config.json") in written and any(p.endswith("metrics.json") for p in written)
+
+
+@pytest.mark.slow
+def test_finetune_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, monkeypatch):
+    from mucode.tasks.finetune import run_sft
+    from mucode.training import launch_options
+
+    sft, compute = sft_rows(8), ComputeConfig()
+    cfg = FinetuneConfig(learning_rate=LEARNING_RATE, epochs=1, batch_size=4, max_length=64)
+    single = run_training("finetune", compute, lambda: run_sft(cfg, compute, tiny_model, sft, str(tmp_path / "one"), 1),
+                          {}, [])
+    log_rank_writes(monkeypatch, tmp_path / "writes")
+    ranks = run_training("finetune", compute, lambda: pytest.fail("trained in-process"), {"sft": sft},
+                         launch_options("finetune", cfg, compute, tiny_model, str(tmp_path / "two"), 1),
+                         cpu_processes=CPU_RANKS)
+    # 8 examples at a global batch of 4: two steps. Unsharded data or a per-rank batch of 4
+    # would take four or one, and would not reproduce the single-process weights.
+    assert [e["step"] for e in single["loss_log"]] == [1, 2]
+    assert_same_training(single, ranks, tmp_path / "one", tmp_path / "two", tiny_model)
+    assert_only_rank0_wrote(tmp_path / "writes", tmp_path / "two")
+
+
+def verifier_frames(problem_count):
+    """One passing and one failing final answer per problem: one BT pair each."""
+    ids = [f"t{i}" for i in range(problem_count)]
+    problems = pl.DataFrame({"task_id": ids, "prompt": [f"do {t}" for t in ids],
+                             "public_tests": ["assert f()"] * problem_count})
+    aggregated = pl.DataFrame({"task_id": [t for t in ids for _ in range(2)],
+                               "response": [f"{kind} {t}" for t in ids for kind in ("good", "bad")],
+                               "final": [True] * 2 * problem_count, "oracle_passed": [True, False] * problem_count})
+    return aggregated, problems
+
+
+VERIFIER_ON_RANKS = VerifierConfig(pairs_per_problem=1, learning_rate=LEARNING_RATE, epochs=1, batch_size=2,
+                                   max_length=64, heldout_fraction=0.0)
+
+
+@pytest.mark.slow
+def test_verifier_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, monkeypatch):
+    from mucode.tasks.verifier import fit_verifier
+    from mucode.training import launch_options
+
+    aggregated, problems = verifier_frames(4)
+    cfg, compute = VERIFIER_ON_RANKS, ComputeConfig()
+    single = run_training("verifier", compute, lambda: fit_verifier(cfg, compute, tiny_model, aggregated, problems,
+                                                                    str(tmp_path / "one"), 3), {}, [])
+    log_rank_writes(monkeypatch, tmp_path / "writes")
+    ranks = run_training("verifier", compute, lambda: pytest.fail("trained in-process"),
+                         {"aggregated": aggregated, "problems": problems},
+                         launch_options("verifier", cfg, compute, tiny_model, str(tmp_path / "two"), 3),
+                         cpu_processes=CPU_RANKS)
+    # 4 pairs at a global batch of 2: one pair per rank per step, two steps.
+    assert single["train_pairs"] == ranks["train_pairs"] == 4
+    assert [e["step"] for e in single["loss_log"]] == [1, 2]
+    assert_same_training(single, ranks, tmp_path / "one", tmp_path / "two", tiny_model)
+    assert_only_rank0_wrote(tmp_path / "writes", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_an_odd_number_of_pairs_does_not_hang_the_ranks(tiny_model, tmp_path, monkeypatch):
+    """3 pairs on 2 ranks: accelerate gives both ranks the same number of batches (the last
+    one topped up with the first pair again), so both take 2 steps and neither waits forever."""
+    from mucode.training import launch_options
+
+    aggregated, problems = verifier_frames(3)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    ranks = run_training("verifier", ComputeConfig(), lambda: pytest.fail("trained in-process"),
+                         {"aggregated": aggregated, "problems": problems},
+                         launch_options("verifier", VERIFIER_ON_RANKS, ComputeConfig(), tiny_model,
+                                        str(tmp_path / "two"), 3), cpu_processes=CPU_RANKS)
+    assert ranks["train_pairs"] == 3 and [e["step"] for e in ranks["loss_log"]] == [1, 2]
+
+
+# The stage as the flow runs it (scratch dir, then an atomic put_dir), on CPU ranks.
+KILL_DRIVER = """
+import sys
+import polars as pl
+from mucode.artifacts import ArtifactStore
+from mucode.config import ComputeConfig, FinetuneConfig
+from mucode.training import TrainingLaunchError, launch_options, run_training
+cfg, store = FinetuneConfig.model_validate_json(sys.argv[1]), ArtifactStore(sys.argv[2])
+try:
+    with store.scratch_dir("finetune") as out_dir:
+        options = launch_options("finetune", cfg, ComputeConfig(), sys.argv[4], out_dir, 0)
+        metrics = run_training("finetune", ComputeConfig(), None, {"sft": pl.read_parquet(sys.argv[3])}, options,
+                               cpu_processes=2)
+        store.put_dir(out_dir, stage="finetune", extra={"metrics": metrics})
+except TrainingLaunchError as error:
+    sys.exit(f"error: {error}")
+"""
+
+
+def processes_with_env(entry):
+    """Pids whose environment holds `entry` (e.g. 'MUCODE_KILL_TEST=<id>')."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_no_artifact(tiny_model, tmp_path):
+    import os
+    import signal
+    import time
+    import uuid
+
+    marker = f"MUCODE_KILL_TEST={uuid.uuid4().hex}"
+    sft_rows(8).write_parquet(tmp_path / "sft.parquet")
+    cfg = FinetuneConfig(learning_rate=LEARNING_RATE, epochs=200, batch_size=2, max_length=64)  # minutes of steps
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1], "PYTHONUNBUFFERED": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    driver = subprocess.Popen([sys.executable, "-c", KILL_DRIVER, cfg.model_dump_json(), str(tmp_path / "store"),
+                               str(tmp_path / "sft.parquet"), tiny_model], cwd=REPO_ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in driver.stdout:  # rank 0 prints a loss dict per optimizer step
+            if "'loss'" in line:
+                break
+        rank1 = [pid for pid in processes_with_env(marker) if pid in processes_with_env("RANK=1")]
+        assert len(rank1) == 1, f"rank 1 not found among {processes_with_env(marker)}"
+        os.kill(rank1[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = driver.communicate(timeout=120)
+        seconds = time.monotonic() - killed_at
+    finally:
+        driver.kill()
+    print(f"the stage failed {seconds:.1f} s after rank 1 was killed")
+    assert driver.returncode == 1
+    assert stderr.strip().splitlines()[-1] == ("error: accelerate launch of the finetune stage exited with code 1: "
+                                               "see its output above")
+    assert processes_with_env(marker) == []  # no rank left behind
+    # Nothing half-written: no finetune artifact or manifest, and the scratch directory is gone.
+    assert list((tmp_path / "store" / "artifacts").iterdir()) == []
+    assert list((tmp_path / "store" / "scratch").iterdir()) == []

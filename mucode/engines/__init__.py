@@ -1,4 +1,4 @@
-"""Generation engines: ``hf`` (transformers, runs anywhere) and ``sglang`` (GPU, lazy).
+"""Generation engines: ``hf`` (transformers, runs anywhere) and ``sglang`` (a GPU server, over HTTP).
 
 ``make_engine(kind, model, **options)`` builds one; engine modules are imported only
 when asked for, so importing ``mucode.engines`` loads neither torch nor SGLang.
@@ -14,8 +14,8 @@ from mucode.engines.errors import (
     EngineError,
     EngineUnavailableError,
     MissingChatTemplateError,
+    ServerError,
     UnknownEngineError,
-    WorkerError,
 )
 from mucode.engines.sampling import SamplingParams
 
@@ -30,8 +30,8 @@ __all__ = [
     "EngineUnavailableError",
     "MissingChatTemplateError",
     "SamplingParams",
+    "ServerError",
     "UnknownEngineError",
-    "WorkerError",
     "make_engine",
 ]
 
@@ -40,13 +40,14 @@ def make_engine(kind: str, model: str, **options: Any) -> Engine:
     """An engine of ``kind`` serving ``model`` (any name ``mucode.models.resolve_model``
     accepts). Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
     ``sglang``: tp_size, dp_size, gpu_ids, base_gpu_id, mem_fraction_static, dtype,
-    batch_size, deterministic, startup_timeout_s."""
+    batch_size, deterministic, startup_timeout_s, base_url (attach to a running server),
+    retry (a ``mucode.engines.http_json.RetryPolicy``)."""
     if kind == "hf":
         from mucode.engines.hf import HFEngine
 
         return HFEngine(model, **options)
     if kind == "sglang":
-        from mucode.engines.sglang import SGLangEngine
+        from mucode.engines.sglang import make_sglang_engine
 
-        return SGLangEngine(model, **options)
+        return make_sglang_engine(model, **options)
     raise UnknownEngineError(f"unknown engine kind {kind!r}: use one of {', '.join(ENGINE_KINDS)}")

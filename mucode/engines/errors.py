@@ -26,5 +26,5 @@ class EngineClosedError(EngineError):
     """``generate`` was called after ``close``."""
 
 
-class WorkerError(EngineError):
-    """The engine's worker process failed, died, or did not start in time."""
+class ServerError(EngineError):
+    """The engine's model server failed, died, did not start in time or did not answer."""
