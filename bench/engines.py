@@ -19,7 +19,7 @@ It prints every round, then the median tokens/s and its ratio to transformers pe
 size, the pass counts and the peak RSS. A benchmark, not a test: nothing is asserted.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/engines.py [--model bundled:qwen2.5-coder-0.5b-instruct]
-        [--rounds 3] [--compute-types int8 int8_float32] [--problems 40] [--skip-passes]
+        [--rounds 3] [--compute-types int8 int8_float32] [--problems 40] [--tasks speed passes]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def decode_batch(engine, prompts: list[list[int]], sampling: SamplingParams) -> 
 def measure_speed(spec: dict) -> dict:
     """tokens/s at each batch size, in this process."""
     sampling = SamplingParams(temperature=0.0, max_new_tokens=SPEED_TOKENS)
-    rates = {}
+    rates, threads = {}, {}
     with open_engine(spec, batch_size=8) as engine:
         prompts = engine.prompt_token_ids(humaneval_conversations(max(8, spec["batch1_prompts"])))
         decode_batch(engine, [prompts[0]], SamplingParams(temperature=0.0, max_new_tokens=8))  # warm up
@@ -78,7 +78,8 @@ def measure_speed(spec: dict) -> dict:
             for start in range(0, count, batch_size):
                 decode_batch(engine, prompts[start : start + batch_size], sampling)
             rates[str(batch_size)] = (engine.tokens_generated - before) / (time.perf_counter() - started)
-    return {"tokens_per_s": rates, "peak_rss_gb": peak_rss_gb()}
+            threads[str(batch_size)] = engine.threads_in_use  # chosen per batch from the load
+    return {"tokens_per_s": rates, "threads": threads, "peak_rss_gb": peak_rss_gb()}
 
 
 def measure_passes(spec: dict) -> dict:
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--eval-max-new-tokens", type=int, default=512)
     parser.add_argument("--pass-compute-types", nargs="+", default=["int8"])
-    parser.add_argument("--skip-passes", action="store_true")
+    parser.add_argument("--tasks", nargs="+", choices=["speed", "passes"], default=["speed", "passes"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -141,6 +142,13 @@ def main() -> None:
     print(f"{args.model}: greedy, {SPEED_TOKENS} new tokens, chat-templated HumanEval prompts; "
           f"{args.rounds} interleaved rounds, one process per engine and round; "
           f"load average {os.getloadavg()[0]:.1f} at start (the machine may be shared)", flush=True)
+    if "speed" in args.tasks:
+        compare_speed(args, base, engines)
+    if "passes" in args.tasks:
+        compare_passes(args, base)
+
+
+def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> None:
     rates: dict[str, dict[str, list[float]]] = {}
     rss: dict[str, float] = {}
     for round_number in range(1, args.rounds + 1):
@@ -150,7 +158,8 @@ def main() -> None:
             for batch_size, rate in result["tokens_per_s"].items():
                 rates.setdefault(label(spec), {}).setdefault(batch_size, []).append(rate)
             rss[label(spec)] = max(rss.get(label(spec), 0.0), result["peak_rss_gb"])
-            shown = "  ".join(f"batch {size}: {rate:6.1f} tok/s" for size, rate in result["tokens_per_s"].items())
+            shown = "  ".join(f"batch {size}: {rate:6.1f} tok/s ({result['threads'][size]} thr)"
+                              for size, rate in result["tokens_per_s"].items())
             print(f"round {round_number}  {label(spec):<17} {shown}  peak RSS {result['peak_rss_gb']:.2f} GB "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\nmedian tokens/s over {args.rounds} rounds, ratio to hf float32 generate:")
@@ -159,8 +168,9 @@ def main() -> None:
         cells = [f"batch {size}: {statistics.median(values):6.1f} ({statistics.median(values) / statistics.median(baseline[size]):.2f}x)"
                  for size, values in per_batch.items()]
         print(f"  {name:<17} " + "  ".join(cells) + f"  peak RSS {rss[name]:.2f} GB")
-    if args.skip_passes:
-        return
+
+
+def compare_passes(args: argparse.Namespace, base: dict) -> None:
     print(f"\nHumanEval first {args.problems}, greedy single turn, max {args.eval_max_new_tokens} new tokens:")
     passes = {}
     for engine in [{"engine": "hf"}] + [{"engine": "ct2", "compute_type": kind} for kind in args.pass_compute_types]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from pathlib import Path
 from mucode.engines.base import Conversation, Engine
 from mucode.engines.batching import cut_at_stop, group_by_prompt, length_sorted_batches
 from mucode.engines.chat import prompt_token_ids, require_chat_template, stop_token_ids
-from mucode.engines.cpu_threads import cpu_thread_budget
+from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams, draws_per_prompt, plan_draws
 from mucode.models import CACHE_MARKER, build_once, default_cache_dir, first_line, load_tokenizer, model_fingerprint, resolve_model
@@ -123,8 +124,10 @@ class CT2Engine(Engine):
         num_threads: int | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        """``num_threads`` are CTranslate2's intra-op threads (default: this process's CPU
-        budget); ``cache_dir`` is the model cache (default ``models.default_cache_dir()``)."""
+        """``num_threads`` fixes CTranslate2's intra-op threads; None picks them per batch
+        from the CPU budget and the load, as the hf engine does (on a busy machine one thread
+        beats two), reloading the model when the number changes. ``cache_dir`` is the model
+        cache (default ``models.default_cache_dir()``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         try:
@@ -139,21 +142,28 @@ class CT2Engine(Engine):
         cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.converted = ensure_converted(model_dir, stored_weights(compute_type), cache_root)
         self.compute_type = compute_type
-        self.num_threads = num_threads or cpu_thread_budget()
+        self.num_threads = num_threads
+        self.thread_budget = cpu_thread_budget()
+        self.threads_in_use = 0
         self.generator = None
-        self.load_generator()
+        self.load_generator(None, self.chosen_threads())
         self.stop_ids = stop_token_ids(self.tokenizer, generation_eos(model_dir))
         self.tokens_generated = 0
         self.closed = False
 
-    def load_generator(self, seed: int | None = None) -> None:
+    def chosen_threads(self) -> int:
+        """Intra-op threads for the next batch: the caller's number, else automatic."""
+        return self.num_threads or auto_num_threads(self.thread_budget, os.getloadavg()[0], self.threads_in_use)
+
+    def load_generator(self, seed: int | None, threads: int) -> None:
         """(Re)load the CTranslate2 model on new worker threads, their sampler seeded with ``seed``."""
         if seed is not None:
             self.ctranslate2.set_random_seed(seed)
         self.generator = None  # free the old copy before loading the new one
         self.generator = self.ctranslate2.Generator(
-            str(self.converted), device="cpu", compute_type=self.compute_type, intra_threads=self.num_threads
+            str(self.converted), device="cpu", compute_type=self.compute_type, intra_threads=threads
         )
+        self.threads_in_use = threads
 
     def prompt_token_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
         """The exact prompt token ids ``generate`` uses for these conversations."""
@@ -182,8 +192,9 @@ class CT2Engine(Engine):
         self.check_open()
         if not prompts:
             return []
-        if not sampling.greedy:
-            self.load_generator(seed)
+        threads = self.chosen_threads()
+        if not sampling.greedy or threads != self.threads_in_use:
+            self.load_generator(None if sampling.greedy else seed, threads)
         results = self.generator.generate_batch(
             [self.tokenizer.convert_ids_to_tokens(list(prompt)) for prompt in prompts],
             max_batch_size=len(prompts),
