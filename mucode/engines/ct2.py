@@ -43,13 +43,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mucode.engines.base import Conversation, Engine
-from mucode.engines.batching import cut_at_stop, group_by_prompt, length_sorted_batches
-from mucode.engines.chat import prompt_token_ids, require_chat_template, stop_token_ids
+from mucode.engines.batched import BatchedEngine
+from mucode.engines.batching import cut_at_stop
+from mucode.engines.chat import require_chat_template, stop_token_ids
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
-from mucode.engines.sampling import Draw, SamplingParams, draws_per_prompt, plan_draws
-from mucode.models import CACHE_MARKER, build_once, default_cache_dir, first_line, load_tokenizer, model_fingerprint, resolve_model
+from mucode.engines.sampling import Draw, SamplingParams
+from mucode.models import CACHE_MARKER, build_once, default_cache_dir, load_tokenizer, model_fingerprint, resolve_model
 
 CT2_MISSING = "the ct2 engine needs CTranslate2: pip install ctranslate2==4.8.5"
 # Compute types this CPU offers CTranslate2 (bf16/fp16 do not run here).
@@ -113,7 +113,7 @@ def generation_eos(model_dir: str) -> int | list[int] | None:
     return json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
 
 
-class CT2Engine(Engine):
+class CT2Engine(BatchedEngine):
     """CTranslate2 generation with length-bucketed batches and per-batch seeds."""
 
     def __init__(
@@ -165,27 +165,11 @@ class CT2Engine(Engine):
         )
         self.threads_in_use = threads
 
-    def prompt_token_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
-        """The exact prompt token ids ``generate`` uses for these conversations."""
-        return prompt_token_ids(self.tokenizer, conversations)
-
-    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams) -> list[list[str]]:
-        """``n`` replies per conversation, ``[conversation][sample]``, in call order."""
-        self.check_open()
-        draws_each = draws_per_prompt(n, sampling)
-        if not conversations:
-            return []
-        prompts = self.prompt_token_ids(conversations)
-        draws = plan_draws(prompts, draws_each, sampling.seed)
-        replies: list[str] = [""] * len(draws)
-        lengths = [len(prompts[draw.prompt_index]) for draw in draws]
-        for batch in length_sorted_batches(lengths, self.batch_size):
-            batch_draws = [draws[index] for index in batch]
-            generated = self.generate_token_ids([prompts[draw.prompt_index] for draw in batch_draws], sampling,
-                                                batch_seed(batch_draws))
-            for index, tokens in zip(batch, generated, strict=True):
-                replies[index] = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return group_by_prompt(replies, [draw.prompt_index for draw in draws], len(conversations), n)
+    def generate_draws(
+        self, prompts: Sequence[Sequence[int]], draws: Sequence[Draw], sampling: SamplingParams
+    ) -> list[list[int]]:
+        """Reply token ids (stop token removed) for one batch of draws, seeded by ``batch_seed``."""
+        return self.generate_token_ids([prompts[draw.prompt_index] for draw in draws], sampling, batch_seed(draws))
 
     def generate_token_ids(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, seed: int) -> list[list[int]]:
         """Reply token ids (stop token removed) for one batch, decoded together."""
