@@ -15,6 +15,10 @@ so a change in the machine's load hits all of them alike. Per round and engine:
           problems, single turn, through the evaluation's own search (prompt, code
           extraction, sandbox), greedy with ``--eval-max-new-tokens``.
 
+  throughput  (``--tasks throughput``) the ct2 engine's own ``generate`` as rollouts call
+          it: T = 0.7, ``--samples`` per problem for the first ``--problems`` problems, at
+          each of ``--batch-sizes``, to choose the batch size.
+
 It prints every round, then the median tokens/s and its ratio to transformers per batch
 size, the pass counts and the peak RSS. A benchmark, not a test: nothing is asserted.
 
@@ -44,7 +48,7 @@ def humaneval_conversations(limit: int) -> list[list[dict[str, str]]]:
     from mucode.environment import initial_conversation
 
     problems = load_problems("humaneval", "test", limit=limit)
-    return [initial_conversation(row["prompt"], row["public_tests"]) for row in problems.iter_rows(named=True)]
+    return [initial_conversation(row["prompt"], row["public_tests"], "humaneval") for row in problems.iter_rows(named=True)]
 
 
 def peak_rss_gb() -> float:
@@ -80,6 +84,20 @@ def measure_speed(spec: dict) -> dict:
             rates[str(batch_size)] = (engine.tokens_generated - before) / (time.perf_counter() - started)
             threads[str(batch_size)] = engine.threads_in_use  # chosen per batch from the load
     return {"tokens_per_s": rates, "threads": threads, "peak_rss_gb": peak_rss_gb()}
+
+
+def measure_throughput(spec: dict) -> dict:
+    """tokens/s of ``engine.generate`` as rollouts use it (sampled, n per prompt), per batch size."""
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=SPEED_TOKENS, seed=0)
+    conversations = humaneval_conversations(spec["problems"])
+    rates = {}
+    with open_engine(spec, batch_size=1) as engine:
+        for batch_size in spec["batch_sizes"]:
+            engine.batch_size = batch_size
+            before, started = engine.tokens_generated, time.perf_counter()
+            engine.generate(conversations, spec["samples"], sampling)
+            rates[str(batch_size)] = (engine.tokens_generated - before) / (time.perf_counter() - started)
+    return {"tokens_per_s": rates, "peak_rss_gb": peak_rss_gb()}
 
 
 def measure_passes(spec: dict) -> dict:
@@ -124,12 +142,14 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--eval-max-new-tokens", type=int, default=512)
     parser.add_argument("--pass-compute-types", nargs="+", default=["int8"])
-    parser.add_argument("--tasks", nargs="+", choices=["speed", "passes"], default=["speed", "passes"])
+    parser.add_argument("--tasks", nargs="+", choices=["speed", "passes", "throughput"], default=["speed", "passes"])
+    parser.add_argument("--samples", type=int, default=4, help="throughput: samples per problem")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        result = measure_passes(spec) if spec["task"] == "passes" else measure_speed(spec)
+        measure = {"passes": measure_passes, "speed": measure_speed, "throughput": measure_throughput}[spec["task"]]
+        result = measure(spec)
         print(json.dumps(result))
         return
 
@@ -137,7 +157,7 @@ def main() -> None:
 
     model = resolve_model(args.model)  # convert once here, not inside a timed child
     base = {"model": model, "batch_sizes": args.batch_sizes, "batch1_prompts": args.batch1_prompts,
-            "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens}
+            "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens, "samples": args.samples}
     engines = [{"engine": "hf"}] + [{"engine": "ct2", "compute_type": kind} for kind in args.compute_types]
     print(f"{args.model}: greedy, {SPEED_TOKENS} new tokens, chat-templated HumanEval prompts; "
           f"{args.rounds} interleaved rounds, one process per engine and round; "
@@ -146,6 +166,13 @@ def main() -> None:
         compare_speed(args, base, engines)
     if "passes" in args.tasks:
         compare_passes(args, base)
+    if "throughput" in args.tasks:
+        for kind in args.compute_types:
+            spec = {**base, "engine": "ct2", "compute_type": kind, "task": "throughput"}
+            result = run_child(spec)
+            shown = "  ".join(f"batch {size}: {rate:6.1f} tok/s" for size, rate in result["tokens_per_s"].items())
+            print(f"ct2 {kind} generate, T=0.7, {args.problems} problems x {args.samples} samples, "
+                  f"{SPEED_TOKENS} new tokens: {shown}  peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
 
 
 def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> None:
@@ -173,7 +200,8 @@ def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> 
 def compare_passes(args: argparse.Namespace, base: dict) -> None:
     print(f"\nHumanEval first {args.problems}, greedy single turn, max {args.eval_max_new_tokens} new tokens:")
     passes = {}
-    for engine in [{"engine": "hf"}] + [{"engine": "ct2", "compute_type": kind} for kind in args.pass_compute_types]:
+    # ct2 first: the faster one reports before the slow baseline.
+    for engine in [{"engine": "ct2", "compute_type": kind} for kind in args.pass_compute_types] + [{"engine": "hf"}]:
         spec = {**base, **engine, "task": "passes"}
         result = run_child(spec)
         passes[label(spec)] = set(result["passed"])
