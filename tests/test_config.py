@@ -124,3 +124,12 @@ def test_overrides_change_the_digest_and_sections_hash_independently():
     assert base.digest() != changed.digest()
     assert base.section_digest("rollout", "model") == changed.section_digest("rollout", "model")
     assert base.section_digest("finetune") != changed.section_digest("finetune")
+
+
+def test_ct2_engine_and_its_compute_type():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["engine.kind=ct2"])
+    assert (cfg.engine.kind, cfg.engine.compute_type) == ("ct2", "int8")
+    assert load_config(CONFIGS / "smoke.yaml", ["engine.compute_type=float32"]).engine.compute_type == "float32"
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "smoke.yaml", ["engine.compute_type=bfloat16"])
+    assert "engine.compute_type" in str(error.value) and "\n" not in str(error.value)

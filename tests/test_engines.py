@@ -323,3 +323,123 @@ def test_hf_engine_refuses_work_after_close(bundled_dir: str) -> None:
     engine.close()
     with pytest.raises(EngineClosedError):
         engine.generate(CONVERSATIONS[:1], 1, SamplingParams(max_new_tokens=2))
+
+
+# --- the ct2 engine (CTranslate2) -----------------------------------------------------------
+
+
+def test_ct2_stored_weights_and_conversion_key() -> None:
+    from mucode.engines.ct2 import batch_seed, conversion_key, stored_weights
+    from mucode.engines.sampling import Draw
+
+    assert [stored_weights(kind) for kind in ("int8", "int8_float32", "int16", "float32")] == [
+        "int8", "int8", "int16", "float32"]
+    with pytest.raises(ValueError, match="bfloat16"):
+        stored_weights("bfloat16")
+    keys = {conversion_key(fingerprint, weights, version)
+            for fingerprint in ("a" * 64, "b" * 64) for weights in ("int8", "float32") for version in ("4.8.5", "4.9")}
+    assert len(keys) == 8  # the checkpoint's content, the weight type and the converter each change the key
+    draws = [Draw(0, 0, 5), Draw(1, 0, 6)]
+    assert batch_seed(draws) == batch_seed(list(draws)) < 2**32
+    assert batch_seed(draws) != batch_seed(draws[::-1]) != batch_seed([Draw(0, 0, 7), Draw(1, 0, 6)])
+
+
+def test_ct2_engine_without_ctranslate2_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mucode.engines.ct2 import CT2_MISSING
+
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import now raises ImportError
+    with pytest.raises(EngineUnavailableError) as error:
+        make_engine("ct2", BUNDLED)
+    assert str(error.value) == CT2_MISSING
+
+
+@pytest.fixture(scope="module")
+def ct2_float32(bundled_dir: str, bundled_cache: Path):
+    with make_engine("ct2", bundled_dir, batch_size=4, compute_type="float32", cache_dir=bundled_cache) as engine:
+        yield engine
+
+
+@pytest.mark.slow
+def test_ct2_float32_greedy_equals_hf_greedy(ct2_float32, hf_engine) -> None:
+    """Same chat template, stop tokens and greedy decoding: with float32 weights the text is
+    identical on these prompts (a near tie could flip a token on others; int8 differs more,
+    bounded on HumanEval by bench/engines.py)."""
+    greedy = SamplingParams(temperature=0, max_new_tokens=48)
+    assert ct2_float32.prompt_token_ids(CONVERSATIONS) == hf_engine.prompt_token_ids(CONVERSATIONS)
+    assert ct2_float32.stop_ids == hf_engine.stop_ids
+    ct2_replies = ct2_float32.generate(CONVERSATIONS, 2, greedy)
+    assert ct2_replies == hf_engine.generate(CONVERSATIONS, 2, greedy)
+    assert all(samples[0] == samples[1] and samples[0] for samples in ct2_replies)
+
+
+@pytest.mark.slow
+def test_ct2_tokens_generated_counts_the_stop_token_not_padding(ct2_float32, hf_engine) -> None:
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    prompts = ct2_float32.prompt_token_ids(CONVERSATIONS)
+    before = ct2_float32.tokens_generated
+    replies = ct2_float32.generate_token_ids(prompts, greedy, seed=0)
+    assert ct2_float32.tokens_generated - before == sum(min(len(reply) + 1, 16) for reply in replies)
+    assert any(len(reply) < 15 for reply in replies), "one reply should stop early for this test to bite"
+    assert not any(set(reply) & set(ct2_float32.stop_ids) for reply in replies)
+    before = hf_engine.tokens_generated
+    assert replies == hf_engine.generate_raw(prompts, greedy)
+    assert hf_engine.tokens_generated - before == sum(min(len(reply) + 1, 16) for reply in replies)
+
+
+@pytest.mark.slow
+def test_ct2_seeded_sampling_repeats_for_equal_seeds_and_differs_otherwise(bundled_dir: str, bundled_cache: Path) -> None:
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)
+    with make_engine("ct2", bundled_dir, batch_size=4, cache_dir=bundled_cache) as engine:
+        assert engine.compute_type == "int8"  # the default
+        first = engine.generate(CONVERSATIONS, 3, sampling)
+        assert [len(samples) for samples in first] == [3, 3, 3]
+        assert first == engine.generate(CONVERSATIONS, 3, sampling)
+        # Identical conversations in one call still get distinct samples.
+        assert len({reply for samples in first for reply in samples}) == 9
+        other_seed = engine.generate(CONVERSATIONS, 3, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
+        assert all(a != b for a, b in zip(first, other_seed, strict=True))
+    with make_engine("ct2", bundled_dir, batch_size=4, cache_dir=bundled_cache) as fresh:
+        assert fresh.generate(CONVERSATIONS, 3, sampling) == first
+    fresh.close()
+    with pytest.raises(EngineClosedError):
+        fresh.generate(CONVERSATIONS[:1], 1, sampling)
+
+
+@pytest.mark.slow
+def test_ct2_conversion_is_cached_per_checkpoint_content(bundled_dir: str, tmp_path: Path) -> None:
+    """A fine-tuned checkpoint is served: its conversion is keyed on its weights, so a
+    changed checkpoint at the same path gets a new conversion, and the old one stays."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from mucode.engines.ct2 import ensure_converted
+
+    checkpoint, cache = tmp_path / "checkpoint", tmp_path / "cache"
+    shutil.copytree(bundled_dir, checkpoint)
+    first = ensure_converted(str(checkpoint), "int8", cache)
+    assert ensure_converted(str(checkpoint), "int8", cache) == first
+    weights = load_file(checkpoint / "model.safetensors")
+    name = next(key for key in weights if key.endswith("layers.0.mlp.down_proj.weight"))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    second = ensure_converted(str(checkpoint), "int8", cache)
+    assert second != first and first.is_dir() and (second / "model.bin").is_file()
+    assert sorted(path.name for path in (cache / "ct2").iterdir() if not path.name.startswith(".")) == sorted(
+        [first.name, second.name])
+
+
+@pytest.mark.slow
+def test_ct2_conversion_failure_is_one_line(tmp_path: Path) -> None:
+    from mucode.engines.ct2 import ConversionError, ensure_converted
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ConversionError) as error:
+        ensure_converted(str(broken), "int8", tmp_path / "cache")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"CTranslate2 cannot convert model {broken}: ")
+    assert [path.name for path in (tmp_path / "cache" / "ct2").iterdir() if not path.name.endswith(".lock")] == []

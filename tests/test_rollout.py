@@ -92,13 +92,14 @@ def test_bad_problems_are_one_line_errors(sandbox):
 
 
 @pytest.mark.slow
-def test_bundled_model_rollouts(sandbox, data_dir):
+@pytest.mark.parametrize("kind", ["hf", "ct2"])
+def test_bundled_model_rollouts(sandbox, data_dir, kind):
     from mucode.data import load_problems
     from mucode.engines import make_engine
     from mucode.models import resolve_model
 
     problems = load_problems("mbpp", "train", data_dir=data_dir, limit=3)
-    with make_engine("hf", resolve_model("bundled:smollm2-135m-instruct"), batch_size=8) as engine:
+    with make_engine(kind, resolve_model("bundled:smollm2-135m-instruct"), batch_size=8) as engine:
         frame = run_rollouts(problems, engine, sandbox, num_rollouts=2, max_turns=2,
                              sampling=SamplingParams(temperature=0.7, max_new_tokens=64, seed=0))
         again = run_rollouts(problems, engine, sandbox, num_rollouts=2, max_turns=2,
@@ -115,4 +116,4 @@ def test_bundled_model_rollouts(sandbox, data_dir):
     earlier = frame.filter((pl.col("task_id") == row["task_id"]) & (pl.col("rollout_id") == row["rollout_id"])
                            & (pl.col("turn") == 1)).row(0, named=True)
     assert json.loads(row["prompt_messages"])[-1]["content"] == "Feedback: " + earlier["feedback"]
-    assert frame.equals(again), "seeded rollouts on the hf engine must reproduce"
+    assert frame.equals(again), f"seeded rollouts on the {kind} engine must reproduce"

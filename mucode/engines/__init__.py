@@ -1,7 +1,8 @@
-"""Generation engines: ``hf`` (transformers, runs anywhere) and ``sglang`` (a GPU server, over HTTP).
+"""Generation engines: ``hf`` (transformers, runs anywhere), ``ct2`` (CTranslate2, fast on
+CPU) and ``sglang`` (a GPU server, over HTTP).
 
 ``make_engine(kind, model, **options)`` builds one; engine modules are imported only
-when asked for, so importing ``mucode.engines`` loads neither torch nor SGLang.
+when asked for, so importing ``mucode.engines`` loads neither torch, CTranslate2 nor SGLang.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mucode.engines.errors import (
 )
 from mucode.engines.sampling import SamplingParams
 
-ENGINE_KINDS = ("hf", "sglang")
+ENGINE_KINDS = ("hf", "ct2", "sglang")
 
 __all__ = [
     "ENGINE_KINDS",
@@ -39,6 +40,7 @@ __all__ = [
 def make_engine(kind: str, model: str, **options: Any) -> Engine:
     """An engine of ``kind`` serving ``model`` (any name ``mucode.models.resolve_model``
     accepts). Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
+    ``ct2``: batch_size, compute_type, num_threads, cache_dir;
     ``sglang``: tp_size, dp_size, gpu_ids, base_gpu_id, mem_fraction_static, dtype,
     batch_size, deterministic, startup_timeout_s, base_url (attach to a running server),
     retry (a ``mucode.engines.http_json.RetryPolicy``)."""
@@ -46,6 +48,10 @@ def make_engine(kind: str, model: str, **options: Any) -> Engine:
         from mucode.engines.hf import HFEngine
 
         return HFEngine(model, **options)
+    if kind == "ct2":
+        from mucode.engines.ct2 import CT2Engine
+
+        return CT2Engine(model, **options)
     if kind == "sglang":
         from mucode.engines.sglang import make_sglang_engine
 

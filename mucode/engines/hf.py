@@ -1,10 +1,11 @@
 """The ``hf`` engine: batched transformers ``generate`` on CPU or one GPU.
 
-The model and tokenizer load once, in the constructor. ``generate`` renders every
-conversation with the chat template, expands it into draws (``n`` per conversation; one
-when greedy), sorts the draws by prompt length into batches of ``batch_size`` (little
-padding), runs left-padded ``model.generate`` with a KV cache per batch, stops each row at
-the model's end-of-turn token, and puts the replies back in call order. The samples of one
+The model and tokenizer load once, in the constructor. ``generate`` (``BatchedEngine``)
+renders every conversation with the chat template, expands it into draws (``n`` per
+conversation; one when greedy), sorts the draws by prompt length into batches of
+``batch_size`` (little padding); this engine runs left-padded ``model.generate`` with a KV
+cache per batch and stops each row at the model's end-of-turn token; the replies go back
+in call order. The samples of one
 prompt in a batch share one prefill (its KV cache is copied to each row), so n samples of
 a few-hundred-token prompt do not pay n prefills. Greedy decoding computes one draw per
 prompt (all n samples are equal) and counts its tokens once in ``tokens_generated``.
@@ -28,17 +29,17 @@ from collections.abc import Sequence
 import torch
 from transformers import Cache, GenerationConfig, LogitsProcessorList
 
-from mucode.engines.base import Conversation, Engine
-from mucode.engines.batching import cut_at_stop, group_by_prompt, left_pad, length_sorted_batches, shared_rows
-from mucode.engines.chat import prompt_token_ids, require_chat_template, stop_token_ids
+from mucode.engines.batched import BatchedEngine
+from mucode.engines.batching import cut_at_stop, left_pad, shared_rows
+from mucode.engines.chat import require_chat_template, stop_token_ids
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError
-from mucode.engines.sampling import Draw, SamplingParams, draws_per_prompt, plan_draws
+from mucode.engines.sampling import Draw, SamplingParams
 from mucode.engines.seeded_sampler import SeededSampler
 from mucode.models import default_device, load_causal_lm, load_tokenizer
 
 
-class HFEngine(Engine):
+class HFEngine(BatchedEngine):
     """Transformers generation with length-bucketed batches and per-draw seeds."""
 
     def __init__(
@@ -69,36 +70,13 @@ class HFEngine(Engine):
         self.tokens_generated = 0
         self.closed = False
 
-    def prompt_token_ids(self, conversations: Sequence[Conversation]) -> list[list[int]]:
-        """The exact prompt token ids ``generate`` uses for these conversations."""
-        return prompt_token_ids(self.tokenizer, conversations)
-
-    def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams,
-                 streams: Sequence[str] | None = None) -> list[list[str]]:
-        """``n`` replies per conversation, ``[conversation][sample]``, in call order."""
-        self.check_open()
-        draws_each = draws_per_prompt(n, sampling)
-        if not conversations:
-            return []
-        prompts = self.prompt_token_ids(conversations)
-        draws = plan_draws(prompts, draws_each, sampling.seed, streams)
-        replies: list[str] = [""] * len(draws)
-        lengths = [len(prompts[draw.prompt_index]) for draw in draws]
-        for batch in length_sorted_batches(lengths, self.batch_size):
-            # Per batch: a call can last many minutes while the machine's load changes
-            # (one evaluation turn ran 30 min on 1 thread, chosen while a process exited).
-            self.set_threads()
-            batch_draws = [draws[index] for index in batch]
-            generated = self.generate_draws(prompts, batch_draws, sampling)
-            for index, tokens in zip(batch, generated, strict=True):
-                replies[index] = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        prompt_indices = [draw.prompt_index for draw in draws]
-        return group_by_prompt(replies, prompt_indices, len(conversations), n)
-
     def generate_draws(
         self, prompts: Sequence[Sequence[int]], draws: Sequence[Draw], sampling: SamplingParams
     ) -> list[list[int]]:
         """Reply token ids (stop token removed) for one batch of draws."""
+        # Threads per batch: a call can last many minutes while the machine's load changes
+        # (one evaluation turn ran 30 min on 1 thread, chosen while a process exited).
+        self.set_threads()
         batch_prompts = [prompts[draw.prompt_index] for draw in draws]
         processors = LogitsProcessorList()
         if not sampling.greedy:
