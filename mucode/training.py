@@ -6,7 +6,9 @@ trains in the calling process in fp32; with GPUs `run_training` writes the input
 a temporary directory and starts the same entry point through `accelerate launch` with the
 repository's DeepSpeed ZeRO-3 or FSDP config (containers/accelerate/), then reads back the
 metrics the main process wrote. This module also maps the shared part of `ComputeConfig`
-onto transformers' `TrainingArguments` keywords. It does not build datasets or models.
+onto transformers' `TrainingArguments` keywords, and wraps a stage's model in LoRA adapters
+(`method: lora`) that are merged back before saving, so every stage outputs a plain model
+directory. It does not build datasets or load models.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any, Literal
 
 import polars as pl
 
-from mucode.config import ComputeConfig
+from mucode.config import ComputeConfig, LoraSettings, TrainingMethod
 
 Stage = Literal["verifier", "finetune"]
+ADAPTER_SUBDIR = "lora-adapter"  # written, merged and removed again inside the stage's out_dir
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "containers" / "accelerate"
 ACCELERATE_CONFIG_FILES = {"deepspeed-zero3": "deepspeed-zero3.yaml", "fsdp": "fsdp.yaml"}
@@ -146,6 +149,41 @@ def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learni
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
+
+
+def with_lora(model: Any, method: TrainingMethod, lora: LoraSettings, task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
+    """`model` itself for full fine-tuning, else a peft model with only the adapters trainable.
+
+    For SEQ_CLS peft also keeps the new classification head (`score`) trainable and saves it
+    with the adapter, so the head still learns under LoRA.
+    """
+    if method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def save_trained_model(trainer: Any, method: TrainingMethod, out_dir: str) -> None:
+    """Save what the trainer trained: the whole model, or under LoRA only the adapter (merged later)."""
+    trainer.save_model(str(Path(out_dir) / ADAPTER_SUBDIR) if method == "lora" else out_dir)
+
+
+def merge_saved_adapter(load_base: Callable[[], Any], out_dir: str) -> None:
+    """Fold the adapter saved in out_dir/ADAPTER_SUBDIR into a fresh base model; save it plain in out_dir.
+
+    Runs after the trainer is freed, on a full (unsharded) copy of the base, so it works the
+    same after a DeepSpeed/FSDP run. The adapter directory is removed afterwards.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(out_dir) / ADAPTER_SUBDIR
+    merged = PeftModel.from_pretrained(load_base(), str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    del merged
+    shutil.rmtree(adapter_dir)
 
 
 def loss_log(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

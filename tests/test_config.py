@@ -59,3 +59,18 @@ def test_overrides_change_the_digest_and_sections_hash_independently():
     assert base.digest() != changed.digest()
     assert base.section_digest("rollout", "model") == changed.section_digest("rollout", "model")
     assert base.section_digest("finetune") != changed.section_digest("finetune")
+
+
+def test_training_method_and_lora_settings_validate():
+    cfg = load_config(CONFIGS / "smoke.yaml", {"finetune.method": "lora", "finetune.lora.rank": 8,
+                                               "verifier.method": "lora", "verifier.lora.target_modules": ["q_proj"]})
+    assert (cfg.finetune.method, cfg.finetune.lora.rank, cfg.verifier.lora.target_modules) == ("lora", 8, ["q_proj"])
+    for name in ("paper-1b", "paper-8b"):
+        paper = load_config(CONFIGS / f"{name}.yaml")
+        assert (paper.finetune.method, paper.verifier.method) == ("full", "full")
+    for override, key in [("finetune.method=qlora", "finetune.method"), ("verifier.lora.rank=0", "verifier.lora.rank"),
+                          ("finetune.lora.dropout=1.5", "finetune.lora.dropout"),
+                          ("finetune.lora.target_modules=[]", "finetune.lora"), ("finetune.lora=true", "finetune.lora")]:
+        with pytest.raises(ConfigError) as error:
+            load_config(CONFIGS / "smoke.yaml", [override])
+        assert key in str(error.value) and "\n" not in str(error.value), override

@@ -159,13 +159,30 @@ def test_full_finetune_raises_the_likelihood_of_its_targets(tokenizer, base_logp
           f"train {metrics['train_runtime_s']:.1f}s")
 
 
+def assert_plain_model_that_differs_from_base(path):
+    """The directory loads as an ordinary transformers model (no peft), with weights moved off the base's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mucode.models import resolve_model
+
+    trained = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(BUNDLED_MODEL), dtype=torch.float32)
+    names = [name for name, _ in trained.named_parameters()]
+    assert not any("lora" in name for name in names) and names == [name for name, _ in base.named_parameters()]
+    base_weights = dict(base.named_parameters())
+    changed = [name for name, weight in trained.named_parameters() if not torch.equal(weight, base_weights[name])]
+    assert any(name.endswith("q_proj.weight") for name in changed)
+
+
 @pytest.mark.slow
 def test_lora_finetune_saves_a_merged_plain_model(tokenizer, base_logprob, tmp_path):
     examples, before = base_logprob
-    metrics = finetune(tiny_sft_config(lora=True, learning_rate=1e-3), ComputeConfig(), BUNDLED_MODEL,
+    metrics = finetune(tiny_sft_config(method="lora", learning_rate=1e-3), ComputeConfig(), BUNDLED_MODEL,
                        training_rows(), str(tmp_path), seed=0)
-    assert metrics["lora"] is True
+    assert metrics["method"] == "lora"
     assert [p.name for p in tmp_path.iterdir() if "adapter" in p.name] == []
+    assert_plain_model_that_differs_from_base(str(tmp_path))
     after = mean_completion_logprob(str(tmp_path), tokenizer, examples)
     assert after > before
     print(f"LoRA SFT: mean completion log-prob {before:.4f} -> {after:.4f}; train {metrics['train_runtime_s']:.1f}s")
