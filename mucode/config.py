@@ -96,6 +96,8 @@ class LoraSettings(Section):
 class VerifierConfig(Section):
     method: TrainingMethod = "full"
     lora: LoraSettings = LoraSettings()
+    # Train only the top k decoder layers (None: all); backward then stops below them.
+    train_top_layers: int | None = Field(default=None, ge=1)
     loss: Literal["bt", "bce"] = "bt"
     pairs_per_problem: int = Field(default=32, ge=1)
     center_coefficient: float = Field(default=1e-3, ge=0.0)
@@ -115,6 +117,8 @@ class RelabelConfig(Section):
 class FinetuneConfig(Section):
     method: TrainingMethod = "full"
     lora: LoraSettings = LoraSettings()
+    # Train only the top k decoder layers (None: all); backward then stops below them.
+    train_top_layers: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=5e-7, gt=0.0)
     epochs: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=16, ge=1)

@@ -151,19 +151,55 @@ def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learni
     }
 
 
-def with_lora(model: Any, method: TrainingMethod, lora: LoraSettings, task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
-    """`model` itself for full fine-tuning, else a peft model with only the adapters trainable.
+def trainable_model(model: Any, method: TrainingMethod, lora: LoraSettings, top_layers: int | None,
+                    task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
+    """The model as the trainer should see it: which weights train, and how.
 
-    For SEQ_CLS peft also keeps the new classification head (`score`) trainable and saves it
-    with the adapter, so the head still learns under LoRA.
+    method full: every weight trains, or with `top_layers` = k only the top k decoder layers,
+    the final norm and a classification head. method lora: a peft model whose LoRA adapters
+    (in every layer, or in the top k only) train; for SEQ_CLS peft also trains and saves the
+    new score head. With `top_layers` nothing below the top k layers needs a gradient, so
+    autograd records none of them and backward stops at layer L-k: compute, not just memory.
     """
-    if method == "full":
-        return model
-    from peft import LoraConfig, get_peft_model
+    layers = decoder_layers(model)
+    if top_layers is not None and top_layers > len(layers):
+        raise TrainingLaunchError(f"train_top_layers={top_layers} but the model has {len(layers)} decoder layers: "
+                                  f"use at most {len(layers)}, or null for all")
+    top = range(len(layers) - (top_layers or len(layers)), len(layers))
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, task_type=task_type)
-    return get_peft_model(model, config)
+        targets = lora.target_modules
+        if top_layers is not None and targets == "all-linear":  # peft wants names when layers are chosen
+            targets = linear_module_names(layers[0])
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            task_type=task_type, layers_to_transform=list(top) if top_layers is not None else None)
+        return get_peft_model(model, config)
+    if top_layers is not None:
+        model.requires_grad_(False)
+        for index in top:
+            layers[index].requires_grad_(True)
+        for head in (model.base_model.norm, getattr(model, "score", None)):
+            if head is not None:
+                head.requires_grad_(True)
+    return model
+
+
+def linear_module_names(block: Any) -> list[str]:
+    """The names of a transformer block's linear layers (q_proj, ..., down_proj): "all-linear" of one block."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in block.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's list of transformer blocks (`model.base_model.layers` in Llama/Qwen-style models)."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise TrainingLaunchError(f"{type(model).__name__} has no base_model.layers: train_top_layers needs a "
+                                  "Llama/Qwen-style decoder; leave it null")
+    return layers
 
 
 def save_trained_model(trainer: Any, method: TrainingMethod, out_dir: str) -> None:

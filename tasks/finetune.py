@@ -27,7 +27,7 @@ import polars as pl
 from mucode.config import ComputeConfig, FinetuneConfig
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
                              merge_saved_adapter, per_device_batch_size, release_memory, run_training,
-                             save_trained_model, trainer_arguments, with_lora, write_metrics)
+                             save_trained_model, trainer_arguments, trainable_model, write_metrics)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -141,7 +141,8 @@ def build_sft_trainer(cfg: FinetuneConfig, compute: ComputeConfig, base_model: s
     # Config first: under DeepSpeed ZeRO-3 it makes from_pretrained shard while loading.
     args = sft_config(cfg, compute, out_dir, seed)
     set_seed(seed)
-    return SFTTrainer(model=with_lora(load_causal_lm(base_model), cfg.method, cfg.lora, "CAUSAL_LM"), args=args,
+    model = trainable_model(load_causal_lm(base_model), cfg.method, cfg.lora, cfg.train_top_layers, "CAUSAL_LM")
+    return SFTTrainer(model=model, args=args,
                       train_dataset=Dataset.from_list(examples),
                       processing_class=load_tokenizer(base_model, padding_side="right"))
 

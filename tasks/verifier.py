@@ -39,7 +39,7 @@ from mucode.config import ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
                              merge_saved_adapter, release_memory, run_training, save_trained_model, trainer_arguments,
-                             with_lora, write_metrics)
+                             trainable_model, write_metrics)
 
 if TYPE_CHECKING:
     import torch
@@ -356,8 +356,8 @@ def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str, a
         return [verifier_input_ids(tokenizer, p, a, cfg.max_length) for p, a in zip(prompts, answers)]
 
     def trainable_verifier() -> PreTrainedModel:
-        return with_lora(load_sequence_classifier(base_model, tokenizer.pad_token_id, seed), cfg.method, cfg.lora,
-                         "SEQ_CLS")
+        return trainable_model(load_sequence_classifier(base_model, tokenizer.pad_token_id, seed), cfg.method,
+                               cfg.lora, cfg.train_top_layers, "SEQ_CLS")
 
     # Training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard while loading.
     if cfg.loss == "bt":

@@ -97,13 +97,15 @@ def test_paper_config_is_planned_up_to_the_gpu():
 
 def test_timings_are_appended_and_a_torn_line_is_skipped(tmp_path):
     record_timing(str(tmp_path), "rollout", "rollout-1", 12.5)
-    record_timing(str(tmp_path), "finetune", "finetune", 30.25)
+    record_timing(str(tmp_path), "finetune", "finetune", 30.25, peak_bytes=3 * 2**30 + 2**28)
     with open(tmp_path / TIMINGS_FILE, "a") as timings:
         timings.write('{"stage": "verif')  # a crash mid-write
     records = read_timings(str(tmp_path))
-    assert [(r["stage"], r["wall_s"]) for r in records] == [("rollout", 12.5), ("finetune", 30.25)]
+    assert [(r["stage"], r["wall_s"], r["peak_rss_gib"]) for r in records] == [("rollout", 12.5, None),
+                                                                                ("finetune", 30.25, 3.25)]
     table = stage_cost_table(records)
-    assert "| rollout | 1 | 12 |" in table and "**43**" in table
+    assert "| rollout | 1 | 12 | 12 | n/a |" in table and "| finetune | 1 | 30 | 30 | 3.25 |" in table
+    assert "**43**" in table and table.rstrip().endswith("| 3.25 |")
 
 
 def test_iteration_record_without_generator_round_trips():

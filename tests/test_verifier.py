@@ -337,11 +337,12 @@ def test_lora_verifier_trains_its_score_head_and_saves_a_merged_plain_model(tmp_
 
     from mucode.models import load_tokenizer
     from mucode.tasks.verifier import load_sequence_classifier
-    from mucode.training import with_lora
+    from mucode.training import trainable_model
 
     cfg = tiny_config("bce", batch_size=4, heldout_fraction=0.0, learning_rate=1e-3, method="lora")
     pad_id = load_tokenizer(BUNDLED_MODEL).pad_token_id
-    wrapped = with_lora(load_sequence_classifier(BUNDLED_MODEL, pad_id, seed=0), cfg.method, cfg.lora, "SEQ_CLS")
+    wrapped = trainable_model(load_sequence_classifier(BUNDLED_MODEL, pad_id, seed=0), cfg.method, cfg.lora, None,
+                              "SEQ_CLS")
     trainable = [name for name, weight in wrapped.named_parameters() if weight.requires_grad]
     assert any(".score." in name for name in trainable) and any("lora_" in name for name in trainable)
     assert not any("q_proj.base_layer" in name for name in trainable)
