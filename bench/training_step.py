@@ -7,7 +7,8 @@ loads the model, wraps it with `mucode.training.trainable_model` (what the stage
 and takes `--steps` AdamW steps on a fixed random batch (`--batch` × `--seq` tokens, the
 loss on every position) through TRL's fused, tiled LM head, as the SFT stage's SFTTrainer
 does (no full-vocabulary logits); the last step is the one reported, the first pays for
-allocation and optimizer state. A benchmark, not a test: nothing is asserted. Run
+allocation and optimizer state. Besides wall seconds it reports the process's CPU seconds per
+step (all its threads), which other jobs on a shared machine disturb much less. A benchmark, not a test: nothing is asserted. Run
 
     python bench/training_step.py --model DIR [--variants full lora lora+bf16 ...] [--rounds 2]
 """
@@ -68,16 +69,17 @@ def measure(model_path: str, variant: str, batch: int, seq: int, steps: int) -> 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=generator)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if lever["bf16"] else contextlib.nullcontext()
-    step_s = []
+    step_s, cpu_s = [], []
     for _ in range(steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         with autocast:
             loss = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_s.append(time.perf_counter() - started)
-    return {"variant": variant, "step_s": step_s, "peak_rss_gib": peak_rss_gib(),
+        cpu_s.append(time.process_time() - cpu_started)
+    return {"variant": variant, "step_s": step_s, "cpu_s": cpu_s, "peak_rss_gib": peak_rss_gib(),
             "trainable_params": sum(p.numel() for p in trainable), "loss": float(loss)}
 
 
@@ -116,17 +118,20 @@ def main() -> None:
     reference = None
     print(f"one AdamW step, batch {args.batch} x {args.seq} tokens, last of {args.steps} steps, "
           f"{args.rounds} round(s); median over rounds")
-    print(f"{'variant':<18}{'s/step':>9}{'vs first':>10}{'tok/s':>8}{'peak GiB':>10}{'trainable':>12}")
+    print(f"{'variant':<18}{'s/step':>9}{'vs first':>10}{'tok/s':>8}{'CPU s/step':>12}{'vs first':>10}"
+          f"{'peak GiB':>10}{'trainable':>12}")
     for variant, runs in results.items():
         good = [run for run in runs if "error" not in run]
         if not good:
             print(f"{variant:<18} failed: {runs[0]['error']}")
             continue
         seconds = statistics.median(run["step_s"][-1] for run in good)
-        reference = reference or seconds
+        cpu_seconds = statistics.median(run["cpu_s"][-1] for run in good)
+        reference = reference or (seconds, cpu_seconds)
         peak = max(run["peak_rss_gib"] for run in good)
-        print(f"{variant:<18}{seconds:>9.1f}{reference / seconds:>9.2f}x{args.batch * args.seq / seconds:>8.0f}"
-              f"{peak:>10.2f}{good[0]['trainable_params'] / 1e6:>11.1f}M")
+        print(f"{variant:<18}{seconds:>9.1f}{reference[0] / seconds:>9.2f}x{args.batch * args.seq / seconds:>8.0f}"
+              f"{cpu_seconds:>12.1f}{reference[1] / cpu_seconds:>9.2f}x{peak:>10.2f}"
+              f"{good[0]['trainable_params'] / 1e6:>11.1f}M")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ class VerifierConfig(Section):
     learning_rate: float = Field(default=1e-6, gt=0.0)
     epochs: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=64, ge=1)
+    # batch_size is split into this many micro-batches (less activation memory, same update)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=2048, ge=16)
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
 

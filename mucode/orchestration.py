@@ -38,6 +38,7 @@ from prefect.results import ResultStore
 
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config
+from mucode.memory import return_freed_memory
 from mucode.peak_rss import gib, peak_rss_bytes, reset_peak_rss
 
 StageFunction = Callable[..., Any]
@@ -148,11 +149,14 @@ def run_in_subprocess(fn: StageFunction, *args: Any, **kwargs: Any) -> Any:
 def measure_peak_rss(fn: StageFunction, args: tuple, kwargs: dict) -> tuple[Any, int | None]:
     """`fn(*args, **kwargs)` and the peak RSS of this process while it ran (None where unmeasurable).
 
-    Stages run one after another in a flow, so the window is the stage's own.
+    Stages run one after another in a flow, so the window is the stage's own. Afterwards the
+    heap's free pages go back to the kernel, so the next stage does not start from this one's high.
     """
     measurable = reset_peak_rss()
     result = fn(*args, **kwargs)
-    return result, peak_rss_bytes() if measurable else None
+    peak = peak_rss_bytes() if measurable else None
+    return_freed_memory()
+    return result, peak
 
 
 def _in_a_run() -> bool:

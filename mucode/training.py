@@ -238,11 +238,11 @@ def drop_trainer_state(out_dir: str) -> None:
 
 def release_memory() -> None:
     """Free what a finished trainer held before the main process loads the saved model again."""
-    import gc
-
     import torch
 
-    gc.collect()
+    from mucode.memory import return_freed_memory
+
+    return_freed_memory()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

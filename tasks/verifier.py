@@ -38,8 +38,8 @@ import polars as pl
 from mucode.config import ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
-                             merge_saved_adapter, release_memory, run_training, save_trained_model, trainer_arguments,
-                             trainable_model, write_metrics)
+                             merge_saved_adapter, per_device_batch_size, release_memory, run_training,
+                             save_trained_model, trainable_model, trainer_arguments, write_metrics)
 
 if TYPE_CHECKING:
     import torch
@@ -209,7 +209,7 @@ def reward_config(cfg: VerifierConfig, compute: ComputeConfig, out_dir: str, see
 
     return RewardConfig(
         **trainer_arguments(compute, out_dir, seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                            global_batch=cfg.batch_size),
+                            global_batch=cfg.batch_size, accumulation_steps=cfg.gradient_accumulation_steps),
         max_length=cfg.max_length,
         center_rewards_coefficient=None,
     )
@@ -221,7 +221,7 @@ def bce_training_arguments(cfg: VerifierConfig, compute: ComputeConfig, out_dir:
 
     return TrainingArguments(
         **trainer_arguments(compute, out_dir, seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                            global_batch=cfg.batch_size),
+                            global_batch=cfg.batch_size, accumulation_steps=cfg.gradient_accumulation_steps),
         remove_unused_columns=False,
     )
 
@@ -316,6 +316,7 @@ def train_verifier(cfg: VerifierConfig, base_model: str, aggregated: pl.DataFram
     compute = compute or ComputeConfig()
     base = resolve_model(base_model)
     training_data(cfg, aggregated, problems, seed)  # fail here, before any process is launched
+    per_device_batch_size(cfg.batch_size, compute, cfg.gradient_accumulation_steps)
     options = launch_options("verifier", cfg, compute, base, out_dir, seed)
     return run_training("verifier", compute,
                         lambda: fit_verifier(cfg, compute, base, aggregated, problems, out_dir, seed),

@@ -70,7 +70,9 @@ def test_training_method_and_lora_settings_validate():
         assert (paper.finetune.method, paper.verifier.method) == ("full", "full")
     for override, key in [("finetune.method=qlora", "finetune.method"), ("verifier.lora.rank=0", "verifier.lora.rank"),
                           ("finetune.lora.dropout=1.5", "finetune.lora.dropout"),
-                          ("finetune.lora.target_modules=[]", "finetune.lora"), ("finetune.lora=true", "finetune.lora")]:
+                          ("finetune.lora.target_modules=[]", "finetune.lora"), ("finetune.lora=true", "finetune.lora"),
+                          ("verifier.train_top_layers=0", "verifier.train_top_layers"),
+                          ("verifier.gradient_accumulation_steps=0", "verifier.gradient_accumulation_steps")]:
         with pytest.raises(ConfigError) as error:
             load_config(CONFIGS / "smoke.yaml", [override])
         assert key in str(error.value) and "\n" not in str(error.value), override

@@ -197,3 +197,31 @@ def test_trl_builds_its_labels_from_our_mask(tokenizer, tmp_path):
         assert prepared["labels"] == [t if bit else -100 for t, bit in zip(example["input_ids"],
                                                                            example["completion_mask"])]
     assert len(trainer.train_dataset) == len(examples)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_top_layers_train_alone_and_the_rest_stays_out_of_backward(method):
+    import torch
+
+    from mucode.config import LoraSettings
+    from mucode.tasks.finetune import load_causal_lm
+    from mucode.training import TrainingLaunchError, trainable_model
+
+    model = trainable_model(load_causal_lm(BUNDLED_MODEL), method, LoraSettings(), 2, "CAUSAL_LM")
+    layers = model.config.num_hidden_layers
+    trainable = [name for name, weight in model.named_parameters() if weight.requires_grad]
+    top = {f"layers.{layers - 2}.", f"layers.{layers - 1}."}
+    assert trainable and all(any(t in name for t in top) or "norm.weight" == name.rsplit("model.", 1)[-1]
+                             for name in trainable)
+    assert (method == "lora") == all("lora_" in name for name in trainable)
+    input_ids = torch.tensor([[1, 2, 3, 4]])
+    hidden = {}
+    bottom = model.get_base_model() if method == "lora" else model
+    handle = bottom.model.layers[0].register_forward_hook(lambda module, args, output: hidden.setdefault("h", output))
+    model(input_ids=input_ids, labels=input_ids).loss.backward()
+    handle.remove()
+    first_layer_output = hidden["h"][0] if isinstance(hidden["h"], tuple) else hidden["h"]
+    assert not first_layer_output.requires_grad  # autograd recorded nothing below the top layers
+    with pytest.raises(TrainingLaunchError, match="train_top_layers=99"):
+        trainable_model(load_causal_lm(BUNDLED_MODEL), method, LoraSettings(), 99, "CAUSAL_LM")
