@@ -231,16 +231,28 @@ def untrained_methods(training: Sequence[Mapping[str, Any]], iterations: int) ->
 
 
 def stage_cost_table(timings: Sequence[Mapping[str, Any]]) -> str:
-    """Per stage: how many runs were computed and their wall time (from ROOT/timings.jsonl)."""
-    totals: dict[str, list[float]] = {}
+    """Per stage: how many runs were computed, their wall time and the highest peak RSS (from ROOT/timings.jsonl).
+
+    Runs recorded before peak RSS was measured count for time only; "n/a" when none has one.
+    """
+    walls: dict[str, list[float]] = {}
+    peaks: dict[str, list[float]] = {}
     for record in timings:
-        totals.setdefault(str(record.get("stage", "?")), []).append(float(record.get("wall_s", 0.0)))
-    records = [{"Stage": stage, "Runs computed": str(len(walls)), "Wall time (s)": f"{sum(walls):.0f}",
-                "Longest run (s)": f"{max(walls):.0f}"} for stage, walls in totals.items()]
+        stage = str(record.get("stage", "?"))
+        walls.setdefault(stage, []).append(float(record.get("wall_s", 0.0)))
+        if record.get("peak_rss_gib") is not None:
+            peaks.setdefault(stage, []).append(float(record["peak_rss_gib"]))
+
+    def peak_cell(values: list[float]) -> str:
+        return f"{max(values):.2f}" if values else "n/a"
+
+    records = [{"Stage": stage, "Runs computed": str(len(times)), "Wall time (s)": f"{sum(times):.0f}",
+                "Longest run (s)": f"{max(times):.0f}", "Peak RSS (GiB)": peak_cell(peaks.get(stage, []))}
+               for stage, times in walls.items()]
     if records:
-        total = sum(sum(walls) for walls in totals.values())
+        total = sum(sum(times) for times in walls.values())
         records.append({"Stage": "**all**", "Runs computed": str(len(timings)), "Wall time (s)": f"**{total:.0f}**",
-                        "Longest run (s)": ""})
+                        "Longest run (s)": "", "Peak RSS (GiB)": peak_cell([p for v in peaks.values() for p in v])})
     return markdown_table(records)
 
 

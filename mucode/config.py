@@ -80,13 +80,38 @@ class SandboxConfig(Section):
     memory_mb: int = Field(default=1024, ge=64)
 
 
+TrainingMethod = Literal["full", "lora"]
+
+
+class LoraSettings(Section):
+    """LoRA adapters (peft) for `method: lora`; merged into the weights before the stage saves."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # peft's "all-linear" = every linear layer of the decoder except the output head.
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+    @model_validator(mode="after")
+    def _named_modules(self) -> "LoraSettings":
+        if isinstance(self.target_modules, list) and (not self.target_modules or not all(self.target_modules)):
+            raise ValueError("target_modules must be 'all-linear' or a non-empty list of module names (e.g. q_proj)")
+        return self
+
+
 class VerifierConfig(Section):
+    method: TrainingMethod = "full"
+    lora: LoraSettings = LoraSettings()
+    # Train only the top k decoder layers (None: all); backward then stops below them.
+    train_top_layers: int | None = Field(default=None, ge=1)
     loss: Literal["bt", "bce"] = "bt"
     pairs_per_problem: int = Field(default=32, ge=1)
     center_coefficient: float = Field(default=1e-3, ge=0.0)
     learning_rate: float = Field(default=1e-6, gt=0.0)
     epochs: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=64, ge=1)
+    # batch_size is split into this many micro-batches (less activation memory, same update)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=2048, ge=16)
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
 
@@ -98,14 +123,15 @@ class RelabelConfig(Section):
 
 
 class FinetuneConfig(Section):
+    method: TrainingMethod = "full"
+    lora: LoraSettings = LoraSettings()
+    # Train only the top k decoder layers (None: all); backward then stops below them.
+    train_top_layers: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=5e-7, gt=0.0)
     epochs: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=8192, ge=16)
-    lora: bool = False
-    lora_rank: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
 
 
 class EvaluationConfig(Section):

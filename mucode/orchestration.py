@@ -8,7 +8,7 @@ its content hash, so the key never depends on the flow run. Results are persiste
 whose artifact is missing or corrupt is recomputed. GPU stages run in a fresh process so
 their GPU memory is released. Stages publish a table of their manifest metrics (progress bars
 are `mucode.progress`); each computed (not cached) stage appends its wall time to
-ROOT/timings.jsonl. `run_batches` fans a function out over a Dask cluster.
+ROOT/timings.jsonl, with its peak RSS (`mucode.peak_rss`). `run_batches` fans a function out over a Dask cluster.
 
 This module does not define or wire stages (`tasks/`, `flows/`) and does not know what the
 artifacts contain.
@@ -41,6 +41,8 @@ from prefect.results import ResultStore
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
+from mucode.memory import return_freed_memory
+from mucode.peak_rss import gib, peak_rss_bytes, reset_peak_rss
 
 StageFunction = Callable[..., Any]
 TIMINGS_FILE = "timings.jsonl"
@@ -152,6 +154,19 @@ def run_in_subprocess(fn: StageFunction, *args: Any, **kwargs: Any) -> Any:
                 f"the subprocess running {fn.__name__} died (killed, or out of memory): see the worker log") from None
 
 
+def measure_peak_rss(fn: StageFunction, args: tuple, kwargs: dict) -> tuple[Any, int | None]:
+    """`fn(*args, **kwargs)` and the peak RSS of this process while it ran (None where unmeasurable).
+
+    Stages run one after another in a flow, so the window is the stage's own. Afterwards the
+    heap's free pages go back to the kernel, so the next stage does not start from this one's high.
+    """
+    measurable = reset_peak_rss()
+    result = fn(*args, **kwargs)
+    peak = peak_rss_bytes() if measurable else None
+    return_freed_memory()
+    return result, peak
+
+
 def _in_a_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
@@ -199,18 +214,19 @@ def _timings_path(root: str) -> Path:
     return Path(root.removeprefix("file://")) / TIMINGS_FILE
 
 
-def record_timing(root: str, stage: str, run: str, wall_s: float) -> None:
-    """Append `{stage, run, wall_s, finished}` to ROOT/timings.jsonl (a cache hit never gets here).
+def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None) -> None:
+    """Append `{stage, run, wall_s, peak_rss_gib, finished}` to ROOT/timings.jsonl (a cache hit never gets here).
 
     Reports read it to show what each stage cost when it was computed, also after a resumed
-    run. Local directories only: object stores cannot append, and the Prefect UI shows
+    run. peak_rss_gib is the stage's own peak resident memory (None where it could not be
+    measured). Local directories only: object stores cannot append, and the Prefect UI shows
     every task run's duration anyway.
     """
     if "://" in root and not root.startswith("file://"):
         return
     path = _timings_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3),
+    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3), "peak_rss_gib": gib(peak_bytes),
                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     with open(path, "a") as timings:  # one short write per line: appends from two runs do not interleave
         timings.write(line + "\n")
@@ -267,10 +283,10 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         cfg, root = arguments["cfg"], arguments["root"]
         started = time.perf_counter()
         if gpu and cfg.compute.num_gpus > 0:
-            result = run_in_subprocess(staged, *args, **kwargs)
+            result, peak = run_in_subprocess(measure_peak_rss, staged, args, kwargs)
         else:
-            result = staged(*args, **kwargs)
-        record_timing(root, name, run_name(arguments), time.perf_counter() - started)
+            result, peak = measure_peak_rss(staged, args, kwargs)
+        record_timing(root, name, run_name(arguments), time.perf_counter() - started, peak)
         publish_stage_table(run_name(arguments), cfg, root, result)
         return result
 

@@ -7,8 +7,10 @@ a temporary directory and starts the same entry point through `accelerate launch
 repository's DeepSpeed ZeRO-3 or FSDP config (containers/accelerate/), then reads back the
 metrics the main process wrote. `cpu_processes` launches the same entry point on several
 CPU ranks (DDP over gloo), which is how the multi-process paths are tested without GPUs
-(docs/architecture.md, "Multi-process training"). This module also maps the shared part of `ComputeConfig`
-onto transformers' `TrainingArguments` keywords. It does not build datasets or models.
+(docs/architecture.md, "Multi-process training"). This module also maps the shared part of
+`ComputeConfig` onto transformers' `TrainingArguments` keywords, and wraps a stage's model in
+LoRA adapters (`method: lora`) that are merged back before saving, so every stage outputs a
+plain model directory. It does not build datasets or load models.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from typing import Any, Literal
 
 import polars as pl
 
-from mucode.config import ComputeConfig
+from mucode.config import ComputeConfig, LoraSettings, TrainingMethod
 
 Stage = Literal["verifier", "finetune"]
+ADAPTER_SUBDIR = "lora-adapter"  # written, merged and removed again inside the stage's out_dir
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "containers" / "accelerate"
 ACCELERATE_CONFIG_FILES = {"deepspeed-zero3": "deepspeed-zero3.yaml", "fsdp": "fsdp.yaml"}
@@ -178,6 +181,77 @@ def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learni
     }
 
 
+def trainable_model(model: Any, method: TrainingMethod, lora: LoraSettings, top_layers: int | None,
+                    task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
+    """The model as the trainer should see it: which weights train, and how.
+
+    method full: every weight trains, or with `top_layers` = k only the top k decoder layers,
+    the final norm and a classification head. method lora: a peft model whose LoRA adapters
+    (in every layer, or in the top k only) train; for SEQ_CLS peft also trains and saves the
+    new score head. With `top_layers` nothing below the top k layers needs a gradient, so
+    autograd records none of them and backward stops at layer L-k: compute, not just memory.
+    """
+    layers = decoder_layers(model)
+    if top_layers is not None and top_layers > len(layers):
+        raise TrainingLaunchError(f"train_top_layers={top_layers} but the model has {len(layers)} decoder layers: "
+                                  f"use at most {len(layers)}, or null for all")
+    top = range(len(layers) - (top_layers or len(layers)), len(layers))
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = lora.target_modules
+        if top_layers is not None and targets == "all-linear":  # peft wants names when layers are chosen
+            targets = linear_module_names(layers[0])
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            task_type=task_type, layers_to_transform=list(top) if top_layers is not None else None)
+        return get_peft_model(model, config)
+    if top_layers is not None:
+        model.requires_grad_(False)
+        for index in top:
+            layers[index].requires_grad_(True)
+        for head in (model.base_model.norm, getattr(model, "score", None)):
+            if head is not None:
+                head.requires_grad_(True)
+    return model
+
+
+def linear_module_names(block: Any) -> list[str]:
+    """The names of a transformer block's linear layers (q_proj, ..., down_proj): "all-linear" of one block."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in block.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's list of transformer blocks (`model.base_model.layers` in Llama/Qwen-style models)."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise TrainingLaunchError(f"{type(model).__name__} has no base_model.layers: train_top_layers needs a "
+                                  "Llama/Qwen-style decoder; leave it null")
+    return layers
+
+
+def save_trained_model(trainer: Any, method: TrainingMethod, out_dir: str) -> None:
+    """Save what the trainer trained: the whole model, or under LoRA only the adapter (merged later)."""
+    trainer.save_model(str(Path(out_dir) / ADAPTER_SUBDIR) if method == "lora" else out_dir)
+
+
+def merge_saved_adapter(load_base: Callable[[], Any], out_dir: str) -> None:
+    """Fold the adapter saved in out_dir/ADAPTER_SUBDIR into a fresh base model; save it plain in out_dir.
+
+    Runs after the trainer is freed, on a full (unsharded) copy of the base, so it works the
+    same after a DeepSpeed/FSDP run. The adapter directory is removed afterwards.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(out_dir) / ADAPTER_SUBDIR
+    merged = PeftModel.from_pretrained(load_base(), str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    del merged
+    shutil.rmtree(adapter_dir)
+
+
 def loss_log(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     """The training-loss curve from a Trainer's `state.log_history`: [{step, epoch, loss}]."""
     return [
@@ -194,11 +268,11 @@ def drop_trainer_state(out_dir: str) -> None:
 
 def release_memory() -> None:
     """Free what a finished trainer held before the main process loads the saved model again."""
-    import gc
-
     import torch
 
-    gc.collect()
+    from mucode.memory import return_freed_memory
+
+    return_freed_memory()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -7,8 +7,8 @@ conversation prefix, completion = [assistant: target]) and is tokenised by
 including the template's end-of-turn token (for SmolLM2 `<|im_end|>`; the newline the
 template writes after it is never generated, so it is dropped). The loss mask covers
 exactly the answer and that end token. TRL's `SFTTrainer` trains on these tokens with
-`completion_only_loss`. Full fine-tune by default; LoRA as an option, merged into the
-weights before saving so the output is always a plain safetensors model directory.
+`completion_only_loss`. Full fine-tune by default; `method: lora` trains LoRA adapters,
+merged into the weights before saving, so the output is always a plain safetensors model directory.
 On CPU it runs here in fp32; with GPUs under `accelerate launch` (see `mucode.training`).
 This module does not choose targets (that is `relabel`) and does not generate.
 """
@@ -18,24 +18,21 @@ from __future__ import annotations
 from mucode.orchestration import stage_task
 
 import json
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from mucode.config import ComputeConfig, FinetuneConfig
-from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, loss_log,
-                             launch_options, per_device_batch_size, release_memory, run_training, trainer_arguments,
-                             write_metrics)
+from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
+                             merge_saved_adapter, per_device_batch_size, release_memory, run_training,
+                             save_trained_model, trainer_arguments, trainable_model, write_metrics)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 SFT_COLUMNS = ("prompt_messages", "completion")
-ADAPTER_SUBDIR = "lora-adapter"  # written, merged and removed again inside out_dir
 
 Message = dict[str, str]
 
@@ -132,31 +129,22 @@ def sft_config(cfg: FinetuneConfig, compute: ComputeConfig, out_dir: str, seed: 
     )
 
 
-def lora_config(cfg: FinetuneConfig):
-    """peft `LoraConfig` on every linear layer of the decoder."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-
-
 def build_sft_trainer(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str,
                       examples: list[dict[str, list[int]]], out_dir: str, seed: int):
-    """TRL's SFTTrainer over tokenised examples, on a fresh fp32 copy of the base model."""
-    import torch
+    """TRL's SFTTrainer over tokenised examples, on a fresh fp32 copy of the base model (LoRA-wrapped if asked)."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
     from trl import SFTTrainer
 
-    from mucode.models import load_tokenizer, resolve_model
+    from mucode.models import load_tokenizer
 
     # Config first: under DeepSpeed ZeRO-3 it makes from_pretrained shard while loading.
     args = sft_config(cfg, compute, out_dir, seed)
     set_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base_model), dtype=torch.float32)
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                      processing_class=load_tokenizer(base_model, padding_side="right"),
-                      peft_config=lora_config(cfg) if cfg.lora else None)
+    model = trainable_model(load_causal_lm(base_model), cfg.method, cfg.lora, cfg.train_top_layers, "CAUSAL_LM")
+    return SFTTrainer(model=model, args=args,
+                      train_dataset=Dataset.from_list(examples),
+                      processing_class=load_tokenizer(base_model, padding_side="right"))
 
 
 # ---------------------------------------------------------------- training
@@ -187,10 +175,10 @@ def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: p
     trainer = build_sft_trainer(cfg, compute, base_model, examples, out_dir, seed)
     result = trainer.train()
     trainer.model.config.use_cache = True  # the Trainer switched it off for training; generation wants it
-    trainer.save_model(str(Path(out_dir) / ADAPTER_SUBDIR) if cfg.lora else out_dir)
+    save_trained_model(trainer, cfg.method, out_dir)
     metrics: dict[str, Any] = {
         **counts,
-        "lora": cfg.lora,
+        "method": cfg.method,
         "completion_tokens": sum(sum(e["completion_mask"]) for e in examples),
         "train_runtime_s": float(result.metrics.get("train_runtime", float("nan"))),
         "loss_log": loss_log(trainer.state.log_history),
@@ -198,25 +186,21 @@ def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: p
     del trainer
     release_memory()
     if is_main_process():
-        if cfg.lora:
-            merge_adapter(base_model, Path(out_dir) / ADAPTER_SUBDIR, out_dir)
+        if cfg.method == "lora":
+            merge_saved_adapter(lambda: load_causal_lm(base_model), out_dir)
         drop_trainer_state(out_dir)
         tokenizer.save_pretrained(out_dir)
     return metrics
 
 
-def merge_adapter(base_model: str, adapter_dir: Path, out_dir: str) -> None:
-    """Fold a LoRA adapter into the base weights and save the plain model; remove the adapter."""
+def load_causal_lm(base_model: str):
+    """A fresh fp32 copy of the base model (mixed precision is the trainer's job)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from mucode.models import resolve_model
 
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(base_model), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out_dir)
-    shutil.rmtree(adapter_dir)
+    return AutoModelForCausalLM.from_pretrained(resolve_model(base_model), dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- entry point (what accelerate launches)

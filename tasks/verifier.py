@@ -16,6 +16,8 @@ on the final turn and 0 on earlier turns. Two losses (`VerifierConfig.loss`):
 Problems are split (`heldout_fraction`); the saved model is scored on the held-out
 problems: pairwise accuracy on their pairs and rank AUC of scores vs labels (NaN when the
 held-out labels are all one class, or nothing is held out; `heldout_note` says why).
+`method: lora` trains LoRA adapters plus the (fully trainable) score head and merges them
+before saving, so the output is a plain one-logit model directory either way.
 On GPUs the training runs under `accelerate launch` (see `mucode.training`).
 This module does not relabel and does not decide which answers get scored downstream.
 """
@@ -36,7 +38,8 @@ import polars as pl
 from mucode.config import ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
-                             release_memory, run_training, trainer_arguments, write_metrics)
+                             merge_saved_adapter, per_device_batch_size, release_memory, run_training,
+                             save_trained_model, trainable_model, trainer_arguments, write_metrics)
 
 if TYPE_CHECKING:
     import torch
@@ -207,7 +210,7 @@ def reward_config(cfg: VerifierConfig, compute: ComputeConfig, out_dir: str, see
 
     return RewardConfig(
         **trainer_arguments(compute, out_dir, seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                            global_batch=cfg.batch_size),
+                            global_batch=cfg.batch_size, accumulation_steps=cfg.gradient_accumulation_steps),
         max_length=cfg.max_length,
         center_rewards_coefficient=None,
     )
@@ -219,7 +222,7 @@ def bce_training_arguments(cfg: VerifierConfig, compute: ComputeConfig, out_dir:
 
     return TrainingArguments(
         **trainer_arguments(compute, out_dir, seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                            global_batch=cfg.batch_size),
+                            global_batch=cfg.batch_size, accumulation_steps=cfg.gradient_accumulation_steps),
         remove_unused_columns=False,
     )
 
@@ -314,6 +317,7 @@ def train_verifier(cfg: VerifierConfig, base_model: str, aggregated: pl.DataFram
     compute = compute or ComputeConfig()
     base = resolve_model(base_model)
     training_data(cfg, aggregated, problems, seed)  # fail here, before any process is launched
+    per_device_batch_size(cfg.batch_size, compute, cfg.gradient_accumulation_steps)
     options = launch_options("verifier", cfg, compute, base, out_dir, seed)
     return run_training("verifier", compute,
                         lambda: fit_verifier(cfg, compute, base, aggregated, problems, out_dir, seed),
@@ -353,12 +357,16 @@ def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str, a
     def ids(prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
         return [verifier_input_ids(tokenizer, p, a, cfg.max_length) for p, a in zip(prompts, answers)]
 
+    def trainable_verifier() -> PreTrainedModel:
+        return trainable_model(load_sequence_classifier(base_model, tokenizer.pad_token_id, seed), cfg.method,
+                               cfg.lora, cfg.train_top_layers, "SEQ_CLS")
+
     # Training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard while loading.
     if cfg.loss == "bt":
         args = reward_config(cfg, compute, out_dir, seed)
         dataset = Dataset.from_dict({"chosen_ids": ids(pairs["prompt"], pairs["chosen"]),
                                      "rejected_ids": ids(pairs["prompt"], pairs["rejected"])})
-        model = load_sequence_classifier(base_model, tokenizer.pad_token_id, seed)
+        model = trainable_verifier()
         trainer = centered_reward_trainer_class()(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer,
                                                   center_coefficient=cfg.center_coefficient)
@@ -366,14 +374,15 @@ def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str, a
         args = bce_training_arguments(cfg, compute, out_dir, seed)
         dataset = Dataset.from_dict({"input_ids": ids(train_samples["prompt"], train_samples["answer"]),
                                      "labels": train_samples["label"].cast(pl.Float64).to_list()})
-        model = load_sequence_classifier(base_model, tokenizer.pad_token_id, seed)
+        model = trainable_verifier()
         trainer = pointwise_trainer_class()(model=model, args=args, train_dataset=dataset,
                                             data_collator=labelled_collator(tokenizer.pad_token_id),
                                             processing_class=tokenizer)
     result = trainer.train()
-    trainer.save_model(out_dir)
+    save_trained_model(trainer, cfg.method, out_dir)
     metrics: dict[str, Any] = {
         "loss": cfg.loss,
+        "method": cfg.method,
         "train_problems": train_samples["task_id"].n_unique(),
         "train_samples": train_samples.height,
         "train_pairs": pairs.height,
@@ -383,6 +392,8 @@ def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str, a
     del trainer, model
     release_memory()
     if is_main_process():
+        if cfg.method == "lora":
+            merge_saved_adapter(lambda: load_sequence_classifier(base_model, tokenizer.pad_token_id, seed), out_dir)
         drop_trainer_state(out_dir)
         tokenizer.save_pretrained(out_dir)
         scorer = VerifierScorer(out_dir, batch_size=16, max_length=cfg.max_length)

@@ -133,3 +133,20 @@ def test_ct2_engine_and_its_compute_type():
     with pytest.raises(ConfigError) as error:
         load_config(CONFIGS / "smoke.yaml", ["engine.compute_type=bfloat16"])
     assert "engine.compute_type" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_training_method_and_lora_settings_validate():
+    cfg = load_config(CONFIGS / "smoke.yaml", {"finetune.method": "lora", "finetune.lora.rank": 8,
+                                               "verifier.method": "lora", "verifier.lora.target_modules": ["q_proj"]})
+    assert (cfg.finetune.method, cfg.finetune.lora.rank, cfg.verifier.lora.target_modules) == ("lora", 8, ["q_proj"])
+    for name in ("paper-1b", "paper-8b"):
+        paper = load_config(CONFIGS / f"{name}.yaml")
+        assert (paper.finetune.method, paper.verifier.method) == ("full", "full")
+    for override, key in [("finetune.method=qlora", "finetune.method"), ("verifier.lora.rank=0", "verifier.lora.rank"),
+                          ("finetune.lora.dropout=1.5", "finetune.lora.dropout"),
+                          ("finetune.lora.target_modules=[]", "finetune.lora"), ("finetune.lora=true", "finetune.lora"),
+                          ("verifier.train_top_layers=0", "verifier.train_top_layers"),
+                          ("verifier.gradient_accumulation_steps=0", "verifier.gradient_accumulation_steps")]:
+        with pytest.raises(ConfigError) as error:
+            load_config(CONFIGS / "smoke.yaml", [override])
+        assert key in str(error.value) and "\n" not in str(error.value), override

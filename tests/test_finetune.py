@@ -159,13 +159,30 @@ def test_full_finetune_raises_the_likelihood_of_its_targets(tokenizer, base_logp
           f"train {metrics['train_runtime_s']:.1f}s")
 
 
+def assert_plain_model_that_differs_from_base(path):
+    """The directory loads as an ordinary transformers model (no peft), with weights moved off the base's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mucode.models import resolve_model
+
+    trained = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(BUNDLED_MODEL), dtype=torch.float32)
+    names = [name for name, _ in trained.named_parameters()]
+    assert not any("lora" in name for name in names) and names == [name for name, _ in base.named_parameters()]
+    base_weights = dict(base.named_parameters())
+    changed = [name for name, weight in trained.named_parameters() if not torch.equal(weight, base_weights[name])]
+    assert any(name.endswith("q_proj.weight") for name in changed)
+
+
 @pytest.mark.slow
 def test_lora_finetune_saves_a_merged_plain_model(tokenizer, base_logprob, tmp_path):
     examples, before = base_logprob
-    metrics = finetune(tiny_sft_config(lora=True, learning_rate=1e-3), ComputeConfig(), BUNDLED_MODEL,
+    metrics = finetune(tiny_sft_config(method="lora", learning_rate=1e-3), ComputeConfig(), BUNDLED_MODEL,
                        training_rows(), str(tmp_path), seed=0)
-    assert metrics["lora"] is True
+    assert metrics["method"] == "lora"
     assert [p.name for p in tmp_path.iterdir() if "adapter" in p.name] == []
+    assert_plain_model_that_differs_from_base(str(tmp_path))
     after = mean_completion_logprob(str(tmp_path), tokenizer, examples)
     assert after > before
     print(f"LoRA SFT: mean completion log-prob {before:.4f} -> {after:.4f}; train {metrics['train_runtime_s']:.1f}s")
@@ -180,3 +197,31 @@ def test_trl_builds_its_labels_from_our_mask(tokenizer, tmp_path):
         assert prepared["labels"] == [t if bit else -100 for t, bit in zip(example["input_ids"],
                                                                            example["completion_mask"])]
     assert len(trainer.train_dataset) == len(examples)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_top_layers_train_alone_and_the_rest_stays_out_of_backward(method):
+    import torch
+
+    from mucode.config import LoraSettings
+    from mucode.tasks.finetune import load_causal_lm
+    from mucode.training import TrainingLaunchError, trainable_model
+
+    model = trainable_model(load_causal_lm(BUNDLED_MODEL), method, LoraSettings(), 2, "CAUSAL_LM")
+    layers = model.config.num_hidden_layers
+    trainable = [name for name, weight in model.named_parameters() if weight.requires_grad]
+    top = {f"layers.{layers - 2}.", f"layers.{layers - 1}."}
+    assert trainable and all(any(t in name for t in top) or "norm.weight" == name.rsplit("model.", 1)[-1]
+                             for name in trainable)
+    assert (method == "lora") == all("lora_" in name for name in trainable)
+    input_ids = torch.tensor([[1, 2, 3, 4]])
+    hidden = {}
+    bottom = model.get_base_model() if method == "lora" else model
+    handle = bottom.model.layers[0].register_forward_hook(lambda module, args, output: hidden.setdefault("h", output))
+    model(input_ids=input_ids, labels=input_ids).loss.backward()
+    handle.remove()
+    first_layer_output = hidden["h"][0] if isinstance(hidden["h"], tuple) else hidden["h"]
+    assert not first_layer_output.requires_grad  # autograd recorded nothing below the top layers
+    with pytest.raises(TrainingLaunchError, match="train_top_layers=99"):
+        trainable_model(load_causal_lm(BUNDLED_MODEL), method, LoraSettings(), 99, "CAUSAL_LM")

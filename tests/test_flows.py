@@ -302,6 +302,14 @@ def test_smoke_train_rerun_is_all_cache_hits(tmp_path):
     assert {"problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate",
             "report"} <= stages
     assert set(states.values()) == {"Cached"}
+    from mucode.orchestration import read_timings
+
+    timings = read_timings(str(tmp_path / "smoke"))  # the first run's computed stages only
+    assert {"rollout", "verifier", "finetune", "evaluate"} <= {record["stage"] for record in timings}
+    assert all(record["peak_rss_gib"] > 0 for record in timings)
+    peaks = {record["stage"]: record["peak_rss_gib"] for record in timings}
+    assert peaks["finetune"] > 0.5  # a 135M model with AdamW state cannot train in less
+    print("peak RSS per stage (GiB):", peaks)
 
 
 def _task_run_states_here(flow_run_id) -> dict[str, str]:

@@ -84,11 +84,20 @@ def toy_counted(cfg, root: str, steps: int) -> Artifact:
     return ArtifactStore(root).put_frame(pl.DataFrame({"x": [steps]}), stage="counted")
 
 
+def toy_allocate(cfg, root: str, megabytes: int) -> Artifact:
+    """Touches `megabytes` of fresh memory, then frees it: its peak RSS must show them."""
+    block = bytearray(megabytes << 20)
+    block[::4096] = b"x" * len(block[::4096])  # bytearray() is zeroed lazily: touch every page
+    del block
+    return ArtifactStore(root).put_frame(pl.DataFrame({"megabytes": [megabytes]}), stage="allocate")
+
+
 generate_task = stage_task(toy_generate, name="generate", sections=("rollout", "seed"))
 label_task = stage_task(toy_label, name="label", sections=("sandbox",))
 model_task = stage_task(toy_model, name="model", sections=("finetune",), gpu=True)
 split_task = stage_task(toy_split, name="split", sections=())
 counted_task = stage_task(toy_counted, name="counted", sections=())
+allocate_task = stage_task(toy_allocate, name="allocate", sections=(), gpu=True)
 
 
 def make_config(run_dir: str, overrides: dict | None = None) -> Config:
@@ -282,6 +291,30 @@ def test_gpu_stage_runs_in_a_fresh_process_only_with_gpus(harness, tmp_path):
     cpu_pid = json.loads((Path(on_cpu["artifacts"]["model"].path) / "config.json").read_text())["pid"]
     gpu_pid = json.loads((Path(on_gpu["artifacts"]["model"].path) / "config.json").read_text())["pid"]
     assert cpu_pid == os.getpid() and gpu_pid != os.getpid()
+
+
+@flow
+def allocating_pipeline(run_dir: str, sizes: list[int], overrides: dict | None = None) -> str:
+    cfg = make_config(run_dir, overrides)
+    root = experiment_root(cfg)
+    for megabytes in sizes:
+        allocate_task(cfg, root, megabytes=megabytes)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_each_computed_stage_records_its_own_peak_rss(harness, tmp_path, gpus):
+    from mucode.orchestration import read_timings
+
+    root = allocating_pipeline(str(tmp_path), [600, 8], {"compute": {"num_gpus": gpus}})
+    big, small = read_timings(root)
+    assert (big["stage"], small["stage"]) == ("allocate", "allocate")
+    # Each stage's window starts afresh: the small stage does not inherit the big one's peak.
+    assert big["peak_rss_gib"] >= small["peak_rss_gib"] + 0.5
+    assert 0.05 < small["peak_rss_gib"] < big["peak_rss_gib"]
+    allocating_pipeline(str(tmp_path), [600, 8], {"compute": {"num_gpus": gpus}})
+    assert len(read_timings(root)) == 2  # cache hits record nothing
 
 
 @pytest.mark.slow

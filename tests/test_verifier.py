@@ -346,3 +346,38 @@ def test_bce_verifier_learns_labels(tmp_path):
                                                                   train["answer"].to_list())
     assert roc_auc(scores, train["label"].to_list()) == 1.0
     print("bce verifier losses:", [round(v, 4) for v in losses])
+
+
+@pytest.mark.slow
+def test_lora_verifier_trains_its_score_head_and_saves_a_merged_plain_model(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from mucode.models import load_tokenizer
+    from mucode.tasks.verifier import load_sequence_classifier
+    from mucode.training import trainable_model
+
+    cfg = tiny_config("bce", batch_size=4, heldout_fraction=0.0, learning_rate=1e-3, method="lora")
+    pad_id = load_tokenizer(BUNDLED_MODEL).pad_token_id
+    wrapped = trainable_model(load_sequence_classifier(BUNDLED_MODEL, pad_id, seed=0), cfg.method, cfg.lora, None,
+                              "SEQ_CLS")
+    trainable = [name for name, weight in wrapped.named_parameters() if weight.requires_grad]
+    assert any(".score." in name for name in trainable) and any("lora_" in name for name in trainable)
+    assert not any("q_proj.base_layer" in name for name in trainable)
+    del wrapped
+
+    aggregated = aggregated_frame().filter(pl.col("task_id") == "add")
+    metrics = train_verifier(cfg, BUNDLED_MODEL, aggregated, problems_frame(), str(tmp_path), seed=0)
+    losses = [entry["loss"] for entry in metrics["loss_log"]]
+    assert metrics["method"] == "lora" and losses[-1] < losses[0]
+    assert [p.name for p in tmp_path.iterdir() if "adapter" in p.name] == []
+    trained = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), dtype=torch.float32)
+    base = load_sequence_classifier(BUNDLED_MODEL, pad_id, seed=0)  # the same seeded fresh head
+    assert [n for n, _ in trained.named_parameters()] == [n for n, _ in base.named_parameters()]
+    base_weights = dict(base.named_parameters())
+    changed = {n for n, w in trained.named_parameters() if not torch.equal(w, base_weights[n])}
+    assert "score.weight" in changed and any(n.endswith("q_proj.weight") for n in changed)
+    train, _, _ = training_data(cfg, aggregated, problems_frame(), seed=0)
+    scores = VerifierScorer(str(tmp_path), max_length=256).score(train["prompt"].to_list(), train["answer"].to_list())
+    assert len(set(scores)) > 1
+    print("lora verifier losses:", [round(v, 4) for v in losses])
