@@ -24,7 +24,8 @@ from prefect import flow, get_run_logger
 
 from mucode.artifacts import Artifact
 from mucode.config import Config, ConfigError
-from mucode.flows.experiment import IterationRecord, load_experiment, read_iterations
+from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment, read_iterations
+from mucode.run_summary import summarised_run
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
 from mucode.tasks.compare import compare_task, reference_method
@@ -155,11 +156,11 @@ def evaluate_all(cfg: Config, root: str, arms: dict[str, IterationRecord], base_
 
 
 @flow(name="mucode-compare", log_prints=True)
-def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str] | None = None) -> str:
+def mucode_compare(config: ConfigChoice = "configs/compare-cpu.yaml", overrides: list[str] | None = None) -> str:
     """Train every arm of `compare.arms` from the same base rollouts, evaluate them and the base model, report.
 
     Args:
-        config: path of a YAML config, relative to the repository.
+        config: a config of configs/, or the path of another YAML config relative to the repository.
         overrides: `section.key=value` strings applied on top, e.g. `data.eval_limit=10`.
 
     Returns:
@@ -170,12 +171,13 @@ def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str
     logger.info("comparing %s over %d iteration(s) in %s", ", ".join(cfg.compare.arms), cfg.iterations, root)
     phases: dict[str, float] = {}
     arms: dict[str, IterationRecord] = {}
-    for arm in cfg.compare.arms:
-        with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
-            arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
-    base_verifier = first_verifier(arm_state_root(root, cfg.compare.arms[0]))
-    evaluations = evaluate_all(cfg, root, arms, base_verifier, phases)
-    return compare_task(cfg, root, evaluations=evaluations, phases=phases)
+    with summarised_run(cfg, root):
+        for arm in cfg.compare.arms:
+            with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
+                arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
+        base_verifier = first_verifier(arm_state_root(root, cfg.compare.arms[0]))
+        evaluations = evaluate_all(cfg, root, arms, base_verifier, phases)
+        return compare_task(cfg, root, evaluations=evaluations, phases=phases)
 
 
 def main(argv: list[str] | None = None) -> int:

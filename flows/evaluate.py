@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger
 
 from mucode.artifacts import Artifact
 from mucode.config import Config
-from mucode.flows.experiment import load_experiment, read_iterations
+from mucode.flows.experiment import ConfigChoice, load_experiment, read_iterations
+from mucode.run_summary import summarised_run
 from mucode.tasks.evaluate import evaluate_task
 from mucode.tasks.problems import problems_task
 from mucode.tasks.report import report_task
@@ -41,12 +42,12 @@ def evaluate_and_report(cfg: Config, root: str, generator: Artifact | None, veri
 
 
 @flow(name="mucode-evaluate", log_prints=True)
-def mucode_evaluate(config: str = "configs/smoke.yaml", overrides: list[str] | None = None,
+def mucode_evaluate(config: ConfigChoice = "configs/smoke.yaml", overrides: list[str] | None = None,
                     iteration: int | None = None) -> str:
     """Evaluate the generator of one completed iteration against the base model, and write the report.
 
     Args:
-        config: path of a YAML config, relative to the repository.
+        config: a config of configs/, or the path of another YAML config relative to the repository.
         overrides: `section.key=value` strings applied on top, e.g. `data.eval_limit=2`.
         iteration: the completed iteration to evaluate; empty = the latest; 0 = the base model only.
 
@@ -62,4 +63,5 @@ def mucode_evaluate(config: str = "configs/smoke.yaml", overrides: list[str] | N
                          "mucode-train or mucode-iteration first, or pass iteration=0 for the base model")
     get_run_logger().info("evaluating %s", f"iteration {chosen}" if chosen else "the base model only")
     record = records.get(chosen)
-    return evaluate_and_report(cfg, root, record.generator if record else None, record.verifier if record else None)
+    with summarised_run(cfg, root):
+        return evaluate_and_report(cfg, root, record.generator if record else None, record.verifier if record else None)

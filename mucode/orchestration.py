@@ -38,6 +38,7 @@ from prefect.results import ResultStore
 
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config
+from mucode.run_summary import note_stage_outcome
 
 StageFunction = Callable[..., Any]
 TIMINGS_FILE = "timings.jsonl"
@@ -274,6 +275,7 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         retries=retries,
         retry_delay_seconds=retry_delay_seconds if retries else None,
         timeout_seconds=timeout_seconds,
+        on_completion=[note_stage_outcome],  # cache hits too: the flow's summary table lists every stage
     )
 
 
