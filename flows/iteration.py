@@ -10,6 +10,7 @@ only: the stages live in tasks/, caching and retries in mucode.orchestration.
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -79,6 +80,46 @@ def run_iteration(cfg: Config, root: str, iteration: int, previous: IterationRec
     return record
 
 
+def nightly_report(cfg: Config, root: str, record: IterationRecord, previous: IterationRecord | None) -> str:
+    """Evaluate this iteration's generator, the previous one and the base model on the nightly subset;
+    publish the comparison as a Markdown artifact and append it to ROOT/nightly.jsonl (+ nightly.png)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from mucode.nightly import append_history, nightly_entry, nightly_markdown, plot_history, read_history, PLOT_FILE
+    from mucode.orchestration import artifact_key, read_timings
+    from mucode.run_summary import current_outcomes, stage_walls
+    from mucode.tasks.evaluate import evaluate_task
+
+    walls = stage_walls(current_outcomes(), read_timings(root))  # the iteration's stages, before the evaluations
+    store = ArtifactStore(root)
+    # (generator, verifier, selection) of each method; at iteration 1 the previous generator is the base model.
+    methods = {"this": (record.generator, record.verifier, cfg.evaluation.selection),
+               "base": (None, None, "pt")}
+    if previous is not None:
+        methods["previous"] = (previous.generator, previous.verifier, cfg.evaluation.selection)
+    evaluations: dict[str, dict[str, dict[str, Any]]] = {}
+    for dataset in cfg.nightly.datasets or cfg.data.eval_datasets:
+        problems = tasks.stage_task("problems")(cfg, root, dataset=dataset, split=cfg.data.eval_split,
+                                                limit=cfg.nightly.limit)
+        evaluations[dataset] = {}
+        for method, (generator, verifier, selection) in methods.items():
+            label = "base" if method == "base" else f"iteration-{record.iteration - (method == 'previous')}"
+            evaluation = evaluate_task(cfg, root, problems=problems, generator=generator, verifier=verifier,
+                                       selection=selection, n=cfg.evaluation.n, label=label)
+            evaluations[dataset][method] = store.manifest(evaluation).get("metrics", {})
+    auc = {f"iteration {rec.iteration}": store.manifest(rec.verifier).get("metrics", {}).get("heldout_auc")
+           for rec in (previous, record) if rec is not None}
+    examples = {"problems (train)": record.problems.rows, "aggregated rollouts": record.aggregated.rows,
+                "fine-tuning examples": record.sft.rows}
+    entry = nightly_entry(cfg.name, record.iteration, cfg.evaluation.turns, evaluations, auc, examples, walls)
+    markdown = nightly_markdown(entry)
+    append_history(root, entry)
+    plot_history(read_history(root), Path(root) / PLOT_FILE)
+    create_markdown_artifact(markdown, key=artifact_key(cfg.name, "nightly"),
+                             description=f"iteration {record.iteration} of {cfg.name} against the previous one and the base model")
+    return markdown
+
+
 def check_can_continue(record: IterationRecord, root: str) -> None:
     """One-line error when the artifacts the next iteration builds on are gone."""
     store = ArtifactStore(root)
@@ -93,6 +134,9 @@ def check_can_continue(record: IterationRecord, root: str) -> None:
 @flow(name="mucode-iteration", log_prints=True)
 def mucode_iteration(config: ConfigChoice = "configs/smoke.yaml", overrides: list[str] | None = None) -> int:
     """Run the next iteration of the experiment the config names (iteration 1 when none has completed).
+
+    Then (config `nightly`) evaluate its generator, the previous one and the base model on a fixed
+    subset and publish the comparison (run artifact `<name>-nightly`, ROOT/nightly.jsonl, nightly.png).
 
     Args:
         config: a config of configs/, or the path of another YAML config relative to the repository.
@@ -111,4 +155,7 @@ def mucode_iteration(config: ConfigChoice = "configs/smoke.yaml", overrides: lis
     iteration = previous.iteration + 1 if previous else 1
     logger.info("experiment %s: running iteration %d in %s", cfg.name, iteration, root)
     with summarised_run(cfg, root):
-        return run_iteration(cfg, root, iteration, previous).iteration
+        record = run_iteration(cfg, root, iteration, previous)
+        if cfg.nightly.enabled:
+            nightly_report(cfg, root, record, previous)
+        return record.iteration

@@ -55,6 +55,28 @@ def take_outcomes(flow_run_id: str) -> list[StageOutcome]:
         return _outcomes.pop(str(flow_run_id), [])
 
 
+def current_outcomes() -> list[StageOutcome]:
+    """The stages the current flow run went through so far (empty outside a flow run)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return []
+    with _lock:
+        return list(_outcomes.get(str(context.flow_run.id), []))
+
+
+def stage_walls(outcomes: list[StageOutcome], timings: list[dict[str, Any]]) -> dict[str, float]:
+    """Stage → wall seconds: this run's for computed stages, the computing run's for cached ones."""
+    last_timing = {line.get("run"): line for line in timings}
+    walls = {}
+    for outcome in outcomes:
+        wall = last_timing.get(outcome.name, {}).get("wall_s") if outcome.cached else outcome.wall_s
+        if wall is not None:
+            walls[outcome.name] = round(float(wall), 1)
+    return walls
+
+
 def _key_metrics(metrics: dict[str, Any]) -> str:
     scalars = [(name, value) for name, value in metrics.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)]

@@ -311,7 +311,8 @@ def test_stage_table_and_progress_artifacts(harness, tmp_path):
     assert len(progress) == 1 and float(progress[0].data) == 100.0
 
 
-def _flow_run_artifacts(flow_run_id) -> list:
+def flow_run_artifacts(flow_run_id) -> list:
+    """Every artifact of one flow run, its stages' and its own (the summary), newest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
@@ -343,7 +344,7 @@ def test_every_flow_run_publishes_one_summary_of_all_its_stages_cached_or_not(ha
     second = summarised_toy(str(tmp_path), return_state=True)
     tables = {}
     for name, state in (("first", first), ("second", second)):
-        [summary] = [artifact for artifact in _flow_run_artifacts(state.state_details.flow_run_id)
+        [summary] = [artifact for artifact in flow_run_artifacts(state.state_details.flow_run_id)
                      if artifact.key == "toy-summary"]
         tables[name] = {row["stage"]: row for row in json.loads(summary.data)}
     assert list(tables["first"]) == ["generate", "split", "label"]
@@ -359,7 +360,7 @@ def test_every_flow_run_publishes_one_summary_of_all_its_stages_cached_or_not(ha
 
     failed = summarised_toy(str(tmp_path / "other"), fail=True, return_state=True)
     assert failed.is_failed()
-    [summary] = [artifact for artifact in _flow_run_artifacts(failed.state_details.flow_run_id)
+    [summary] = [artifact for artifact in flow_run_artifacts(failed.state_details.flow_run_id)
                  if artifact.key == "toy-summary"]
     assert [row["stage"] for row in json.loads(summary.data)] == ["generate", "split"]  # what ran before the failure
 
