@@ -147,9 +147,51 @@ def test_smoke_iteration_runs_to_completion_in_the_docker_deployment(deployed):
         elapsed = time.perf_counter() - started
         assert flow_run.state.is_completed(), flow_run.state
         print(f"smoke mucode-iteration via the docker deployment: {elapsed:.1f} s")
-        artifacts = {artifact.key: artifact for artifact in flow_run_artifacts(flow_run.id) if artifact.key}
+        artifacts = artifacts_by_key(flow_run.id)
     summary = {row["stage"]: row for row in json.loads(artifacts["smoke-summary"].data)}
     assert {"problems-mbpp", "rollout-1", "execute", "aggregate-1", "verifier", "relabel"} <= set(summary)
     assert all(row["artifact"].startswith(run_dir) for row in summary.values() if row["artifact"])
     nightly = artifacts["smoke-nightly"].data
     assert "| this |" in nightly and "| base |" in nightly and "Verifier held-out AUC" in nightly
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_stage_by_name_reruns_from_state_and_downstream_from_cache(deployed, tmp_path):
+    """mucode-stage by name: inputs from state.json, `refresh` recomputes one stage, `downstream`
+    from problems re-runs the whole iteration (all cache hits) and records it again."""
+    from prefect.deployments import run_deployment
+
+    from test_flows import smoke_overrides
+
+    overrides = smoke_overrides(tmp_path)
+    state_file = Path(tmp_path, "smoke", "state.json")
+    with api(deployed):
+        first = run_deployment("mucode-iteration/process", parameters={"overrides": overrides}, timeout=3600)
+        assert first.state.is_completed(), first.state
+        recorded = json.loads(state_file.read_text())["iterations"][0]
+        assert recorded["rollouts"] and recorded["labelled"]  # what a by-name execute/aggregate reads
+
+        refreshed = run_deployment("mucode-stage/process", timeout=1200, parameters={
+            "stage": "aggregate", "overrides": overrides, "refresh": True})
+        assert refreshed.state.is_completed(), refreshed.state
+        [row] = json.loads(artifacts_by_key(refreshed.id)["smoke-summary"].data)
+        assert row["stage"] == "aggregate-1" and row["state"] == "computed"
+        assert row["artifact"] == recorded["aggregated"]["path"]  # same inputs, same bytes, same artifact
+
+        started = time.perf_counter()
+        rerun = run_deployment("mucode-stage/process", timeout=1200, parameters={
+            "stage": "problems", "overrides": overrides, "downstream": True})
+        elapsed = time.perf_counter() - started
+        assert rerun.state.is_completed(), rerun.state
+        print(f"cached re-run of a whole smoke iteration (mucode-stage problems, downstream), submit to Completed: "
+              f"{elapsed:.1f} s")
+        summary = json.loads(artifacts_by_key(rerun.id)["smoke-summary"].data)
+    assert [row["stage"] for row in summary] == ["problems-mbpp", "rollout-1", "execute", "aggregate-1", "verifier",
+                                                 "relabel", "finetune"]
+    assert {row["state"] for row in summary} == {"cached"}
+    assert json.loads(state_file.read_text())["iterations"][0]["generator"] == recorded["generator"]
+
+
+def artifacts_by_key(flow_run_id) -> dict:
+    return {artifact.key: artifact for artifact in flow_run_artifacts(flow_run_id) if artifact.key}
