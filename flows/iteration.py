@@ -85,7 +85,7 @@ def nightly_report(cfg: Config, root: str, record: IterationRecord, previous: It
     publish the comparison as a Markdown artifact and append it to ROOT/nightly.jsonl (+ nightly.png)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from mucode.nightly import append_history, nightly_entry, nightly_markdown, plot_history, read_history, PLOT_FILE
+    from mucode.nightly import PLOT_FILE, append_history, nightly_entry, nightly_markdown, plot_history, read_history
     from mucode.orchestration import artifact_key, read_timings
     from mucode.run_summary import current_outcomes, stage_walls
     from mucode.tasks.evaluate import evaluate_task
@@ -93,10 +93,10 @@ def nightly_report(cfg: Config, root: str, record: IterationRecord, previous: It
     walls = stage_walls(current_outcomes(), read_timings(root))  # the iteration's stages, before the evaluations
     store = ArtifactStore(root)
     # (generator, verifier, selection) of each method; at iteration 1 the previous generator is the base model.
-    methods = {"this": (record.generator, record.verifier, cfg.evaluation.selection),
-               "base": (None, None, "pt")}
+    methods = {"this": (record.generator, record.verifier, cfg.evaluation.selection)}
     if previous is not None:
         methods["previous"] = (previous.generator, previous.verifier, cfg.evaluation.selection)
+    methods["base"] = (None, None, "pt")
     evaluations: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in cfg.nightly.datasets or cfg.data.eval_datasets:
         problems = tasks.stage_task("problems")(cfg, root, dataset=dataset, split=cfg.data.eval_split,
@@ -116,7 +116,7 @@ def nightly_report(cfg: Config, root: str, record: IterationRecord, previous: It
     append_history(root, entry)
     plot_history(read_history(root), Path(root) / PLOT_FILE)
     create_markdown_artifact(markdown, key=artifact_key(cfg.name, "nightly"),
-                             description=f"iteration {record.iteration} of {cfg.name} against the previous one and the base model")
+                             description=f"iteration {record.iteration} of {cfg.name} vs the previous one and the base model")
     return markdown
 
 

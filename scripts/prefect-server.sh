@@ -96,7 +96,8 @@ defaults = {
     "network_mode": "host",  # the flow reports to the server at 127.0.0.1
     "volumes": ["mucode-runs:/opt/mucode/runs",
                 f"{os.environ.get('MUCODE_CACHE') or os.path.expanduser('~/.cache/mucode')}:/cache/mucode"],
-    "env": {"PREFECT_LOCAL_STORAGE_PATH": "/opt/mucode/runs/.prefect-results"},  # cache records outlive the container
+    # Cache records outlive the container; the worker's own PREFECT_HOME is a host path.
+    "env": {"PREFECT_LOCAL_STORAGE_PATH": "/opt/mucode/runs/.prefect-results", "PREFECT_HOME": "/root/.prefect"},
     "image": "mucode-trainer:latest",
     "image_pull_policy": "Never",  # built here by containers/build-trainer.sh, never pulled
 }
