@@ -12,6 +12,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_INDEX=1 \
     HF_HUB_OFFLINE=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    OMP_WAIT_POLICY=PASSIVE \
     MUCODE_CACHE=/cache/mucode
 
 # Debian's python3 reads /usr/local/lib/python3.X/dist-packages before its own packages.

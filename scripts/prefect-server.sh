@@ -97,7 +97,8 @@ defaults = {
     "volumes": ["mucode-runs:/opt/mucode/runs",
                 f"{os.environ.get('MUCODE_CACHE') or os.path.expanduser('~/.cache/mucode')}:/cache/mucode"],
     # Cache records outlive the container; the worker's own PREFECT_HOME is a host path.
-    "env": {"PREFECT_LOCAL_STORAGE_PATH": "/opt/mucode/runs/.prefect-results", "PREFECT_HOME": "/root/.prefect"},
+    "env": {"PREFECT_LOCAL_STORAGE_PATH": "/opt/mucode/runs/.prefect-results", "PREFECT_HOME": "/root/.prefect",
+            "OMP_WAIT_POLICY": "PASSIVE"},  # torch threads yield the CPU: generation collapses under contention otherwise
     "image": "mucode-trainer:latest",
     "image_pull_policy": "Never",  # built here by containers/build-trainer.sh, never pulled
 }

@@ -42,7 +42,9 @@ def stage_deployed(prefect_server):  # noqa: F811
 def browser_page(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
@@ -63,6 +65,8 @@ def form_field(page, description: str):
 
 @pytest.mark.server
 def test_stage_rerun_from_the_ui_form_completes_with_a_summary(stage_deployed, browser_page, tmp_path):
+    from playwright.sync_api import expect
+
     page, env = browser_page, stage_deployed
     ui = env["PREFECT_API_URL"].removesuffix("/api")
     run_dir = tmp_path / "runs"
@@ -70,8 +74,11 @@ def test_stage_rerun_from_the_ui_form_completes_with_a_summary(stage_deployed, b
 
     page.goto(f"{ui}/deployments")
     page.get_by_placeholder("Search deployments").fill("mucode-stage")
+    # The table re-renders when the search applies: click only once the other flows are gone.
+    expect(page.get_by_role("row").filter(has_text="mucode-train")).to_have_count(0)
     page.get_by_role("row").filter(has_text="mucode-stage").filter(has_text="process") \
         .get_by_role("link", name="process").click()
+    page.wait_for_url("**/deployments/deployment/**")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run").click()
 
