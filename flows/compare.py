@@ -27,8 +27,9 @@ from prefect import flow, get_run_logger
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.budget import Shape, Speeds, problem_count, run_cost
 from mucode.config import Config, ConfigError
-from mucode.flows.experiment import IterationRecord, load_experiment
 from mucode.compare import iteration_label
+from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment
+from mucode.run_summary import summarised_run
 from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
 from mucode.power import power_table
@@ -247,11 +248,11 @@ def training_summary(arms: dict[str, list[IterationRecord]]) -> dict[str, list[d
 
 
 @flow(name="mucode-compare", log_prints=True)
-def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str] | None = None) -> str:
+def mucode_compare(config: ConfigChoice = "configs/compare-cpu.yaml", overrides: list[str] | None = None) -> str:
     """Train every arm of `compare.arms` from the same base rollouts, evaluate them and the base model, report.
 
     Args:
-        config: path of a YAML config, relative to the repository.
+        config: a config of configs/, or the path of another YAML config relative to the repository.
         overrides: `section.key=value` strings applied on top, e.g. `data.eval_limit=10`.
 
     Returns:
@@ -262,11 +263,12 @@ def mucode_compare(config: str = "configs/compare-cpu.yaml", overrides: list[str
     logger.info("comparing %s over %d iteration(s) in %s", ", ".join(cfg.compare.arms), cfg.iterations, root)
     phases: dict[str, float] = {}
     arms: dict[str, list[IterationRecord]] = {}
-    for arm in cfg.compare.arms:
-        with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
-            arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
-    evaluations = evaluate_all(cfg, root, arms, phases)
-    return compare_task(cfg, root, evaluations=evaluations, phases=phases, training=training_summary(arms))
+    with summarised_run(cfg, root):
+        for arm in cfg.compare.arms:
+            with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
+                arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
+        evaluations = evaluate_all(cfg, root, arms, phases)
+        return compare_task(cfg, root, evaluations=evaluations, phases=phases, training=training_summary(arms))
 
 
 def with_values(settings: Any, pairs: list[str]) -> Any:

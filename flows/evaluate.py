@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger
 from mucode.artifacts import Artifact
 from mucode.compare import iteration_label
 from mucode.config import Config
-from mucode.flows.experiment import IterationRecord, load_experiment, read_iterations
+from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment, read_iterations
+from mucode.run_summary import summarised_run
 from mucode.tasks.evaluate import VERIFIER_RULES, evaluate_task
 from mucode.tasks.problems import problems_task
 from mucode.tasks.report import report_task
@@ -73,12 +74,12 @@ def evaluate_and_report(cfg: Config, root: str, records: Sequence[IterationRecor
 
 
 @flow(name="mucode-evaluate", log_prints=True)
-def mucode_evaluate(config: str = "configs/smoke.yaml", overrides: list[str] | None = None,
+def mucode_evaluate(config: ConfigChoice = "configs/smoke.yaml", overrides: list[str] | None = None,
                     iteration: int | None = None) -> str:
     """Evaluate the generator of one completed iteration against the base model, and write the report.
 
     Args:
-        config: path of a YAML config, relative to the repository.
+        config: a config of configs/, or the path of another YAML config relative to the repository.
         overrides: `section.key=value` strings applied on top, e.g. `data.eval_limit=2`.
         iteration: the completed iteration to evaluate; empty = the latest; 0 = the base model only.
 
@@ -93,4 +94,5 @@ def mucode_evaluate(config: str = "configs/smoke.yaml", overrides: list[str] | N
         raise ValueError(f"iteration {chosen} of {cfg.name} has not completed (completed: {completed}): run "
                          "mucode-train or mucode-iteration first, or pass iteration=0 for the base model")
     get_run_logger().info("evaluating %s", f"iteration {chosen}" if chosen else "the base model only")
-    return evaluate_and_report(cfg, root, [records[chosen]] if chosen else [])
+    with summarised_run(cfg, root):
+        return evaluate_and_report(cfg, root, [records[chosen]] if chosen else [])

@@ -12,7 +12,10 @@ import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field
 
 import fsspec
 
@@ -21,6 +24,21 @@ from mucode.config import Config, load_config
 from mucode.orchestration import experiment_root
 
 STATE_FILE = "state.json"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def config_choices() -> tuple[str, ...]:
+    """The repository's configs/*.yaml, as paths relative to the repository (what `config` takes)."""
+    return tuple(sorted(f"configs/{path.name}" for path in (REPOSITORY / "configs").glob("*.yaml"))) or (
+        "configs/smoke.yaml",)
+
+
+# The flows' `config` parameter: a drop-down of configs/*.yaml (listed when `prefect deploy`
+# reads the flow) or any other path.
+ConfigChoice = Union[
+    Annotated[Literal[config_choices()], Field(title="configs/*.yaml")],  # type: ignore[valid-type]
+    Annotated[str, Field(title="another path")],
+]
 
 
 def load_experiment(config: str, overrides: list[str] | dict[str, Any] | None) -> tuple[Config, str]:
@@ -41,6 +59,8 @@ class IterationRecord:
     generator: Artifact | None  # None: no policy data yet, so the generator is still the base model
     config_digest: str = ""
     completed: str = ""
+    rollouts: Artifact | None = None  # absent from state files written before mucode-stage read them
+    labelled: Artifact | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,7 +68,7 @@ class IterationRecord:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "IterationRecord":
         artifacts = {name: Artifact(**raw[name]) if raw.get(name) else None
-                     for name in ("problems", "aggregated", "verifier", "sft", "generator")}
+                     for name in ("problems", "aggregated", "verifier", "sft", "generator", "rollouts", "labelled")}
         return cls(iteration=int(raw["iteration"]), config_digest=raw.get("config_digest", ""),
                    completed=raw.get("completed", ""), **artifacts)
 

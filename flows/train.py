@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger
 
 from mucode.config import Config, ConfigError
 from mucode.flows.evaluate import evaluate_and_report
-from mucode.flows.experiment import IterationRecord, load_experiment
+from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment
+from mucode.run_summary import summarised_run
 from mucode.flows.iteration import run_iteration
 
 
@@ -29,11 +30,11 @@ def train_arm(cfg: Config, root: str, state_root: str | None = None) -> list[Ite
 
 
 @flow(name="mucode-train", log_prints=True)
-def mucode_train(config: str = "configs/smoke.yaml", overrides: list[str] | None = None) -> str:
+def mucode_train(config: ConfigChoice = "configs/smoke.yaml", overrides: list[str] | None = None) -> str:
     """Train M = config.iterations iterations, then evaluate every iteration's generator and the base model.
 
     Args:
-        config: path of a YAML config, relative to the repository.
+        config: a config of configs/, or the path of another YAML config relative to the repository.
         overrides: `section.key=value` strings applied on top, e.g. `iterations=2`.
 
     Returns:
@@ -41,7 +42,8 @@ def mucode_train(config: str = "configs/smoke.yaml", overrides: list[str] | None
     """
     cfg, root = load_experiment(config, overrides)
     get_run_logger().info("experiment %s: %d iteration(s) in %s", cfg.name, cfg.iterations, root)
-    return evaluate_and_report(cfg, root, train_arm(cfg, root))
+    with summarised_run(cfg, root):
+        return evaluate_and_report(cfg, root, train_arm(cfg, root))
 
 
 def _ui_hint(flow_run_id: object) -> str:

@@ -170,6 +170,16 @@ class CompareConfig(Section):
         return self
 
 
+class NightlyConfig(Section):
+    """What `mucode-iteration` evaluates after each iteration: this generator, the previous one and
+    the base model on a fixed subset (the first `limit` problems of each dataset's eval split), with
+    `evaluation`'s settings; a Markdown run artifact and ROOT/nightly.jsonl + nightly.png."""
+
+    enabled: bool = True
+    datasets: list[Literal["humaneval", "mbpp", "mbpp-plus", "humaneval-plus", "codecontests"]] | None = None  # None: data.eval_datasets
+    limit: int = Field(default=20, ge=1)
+
+
 class ComputeConfig(Section):
     num_gpus: int = Field(default=0, ge=0)
     distributed: Literal["none", "deepspeed-zero3", "fsdp"] = "none"
@@ -196,6 +206,7 @@ class Config(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     compute: ComputeConfig = ComputeConfig()
     compare: CompareConfig = CompareConfig()
+    nightly: NightlyConfig = NightlyConfig()
 
     @model_validator(mode="after")
     def _gpu_settings_need_gpus(self) -> "Config":

@@ -43,6 +43,7 @@ from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
 from mucode.memory import return_freed_memory
 from mucode.peak_rss import gib, peak_rss_bytes, reset_peak_rss
+from mucode.run_summary import note_stage_outcome
 
 StageFunction = Callable[..., Any]
 TIMINGS_FILE = "timings.jsonl"
@@ -300,6 +301,7 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         retries=retries,
         retry_delay_seconds=retry_delay_seconds if retries else None,
         timeout_seconds=timeout_seconds,
+        on_completion=[note_stage_outcome],  # cache hits too: the flow's summary table lists every stage
     )
 
 

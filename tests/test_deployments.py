@@ -7,6 +7,7 @@ run in the repository; the nightly schedule and the parameter forms are read bac
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from test_flows import REPO, prefect_server, task_run_states  # noqa: F401  (prefect_server: a shared fixture)
+from test_orchestration import flow_run_artifacts
 
-PREFECT = str(REPO / ".venv" / "bin" / "prefect")
+# `python -m prefect`: a copied venv's console scripts can name another interpreter (and its mucode).
+PREFECT = [str(REPO / ".venv" / "bin" / "python"), "-m", "prefect"]
 
 TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evaluation.n=1", "evaluation.turns=1",
                    "evaluation.searches=1", "evaluation.scaling_ns=[1]", "evaluation.sampling.max_new_tokens=32"]
@@ -24,7 +27,7 @@ TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evalu
 @pytest.fixture(scope="module")
 def deployed(prefect_server):  # noqa: F811
     started = time.perf_counter()
-    done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=prefect_server,
+    done = subprocess.run([*PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=prefect_server,
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and "422 Unprocessable Entity" in done.stdout + done.stderr:
         pytest.fail("prefect deploy got 422 from the server: its FastAPI is >= 0.151, which rejects the nulls "
@@ -39,19 +42,6 @@ def api(env: dict[str, str]):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
-
-
-def flow_run_artifacts(flow_run_id) -> list:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        # Every field explicitly: a server on FastAPI >= 0.151 rejects the nulls sent for omitted ones.
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
-            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), limit=200, offset=0,
-            sort=ArtifactSort.CREATED_DESC)
 
 
 @pytest.mark.server
@@ -70,12 +60,19 @@ def test_deployments_schedule_and_parameter_forms(deployed):
     assert docker.job_variables["image"] == "mucode-trainer:latest"
     assert train.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     form = train.parameter_openapi_schema["properties"]
-    assert form["config"]["default"] == "configs/smoke.yaml" and form["config"]["type"] == "string"
+    # config: a drop-down of configs/*.yaml, read when `prefect deploy` loads the flow, or any other path.
+    choices, free = form["config"]["anyOf"]
+    assert choices["enum"] == sorted(f"configs/{path.name}" for path in (REPO / "configs").glob("*.yaml"))
+    assert free == {"type": "string", "title": "another path"} and form["config"]["default"] == "configs/smoke.yaml"
     assert {"type": "array", "items": {"type": "string"}} in form["overrides"]["anyOf"]
-    assert form["config"]["description"].startswith("path of a YAML config")
+    assert form["config"]["description"].startswith("a config of configs/")
     from mucode.tasks import STAGES
 
-    assert stage.parameter_openapi_schema["properties"]["stage"]["enum"] == list(STAGES)  # a drop-down in the UI
+    stage_form = stage.parameter_openapi_schema["properties"]
+    assert stage_form["stage"]["enum"] == list(STAGES)  # a drop-down in the UI
+    assert stage_form["refresh"] == {"type": "boolean", "default": False, "title": "refresh", "position": 4,
+                                     "description": "recompute even when the result is cached."}
+    assert {"type": "integer"} in stage_form["iteration"]["anyOf"] and stage_form["iteration"]["default"] is None
     assert compare.parameter_openapi_schema["properties"]["config"]["default"] == "configs/compare-cpu.yaml"
     assert compare.parameters["config"] == "configs/compare-cpu.yaml"
 
@@ -100,7 +97,7 @@ def test_triggered_evaluate_run_completes_with_artifacts_and_retries_from_cache(
         assert list(Path(tmp_path, "smoke").glob("**/report.md"))
 
         # `prefect flow-run retry` on a deployed run: the worker runs it again, from the cache.
-        retry = subprocess.run([PREFECT, "flow-run", "retry", str(flow_run.id)], cwd=REPO, env=deployed,
+        retry = subprocess.run([*PREFECT, "flow-run", "retry", str(flow_run.id)], cwd=REPO, env=deployed,
                                capture_output=True, text=True, timeout=120)
         assert retry.returncode == 0, (retry.stdout + retry.stderr)[-2000:]
         started = time.perf_counter()
@@ -129,3 +126,72 @@ def test_triggered_stage_run_writes_its_artifact(deployed, tmp_path):
     print(f"mucode-stage (problems) via deployment: {time.perf_counter() - started:.1f} s")
     [stored] = Path(tmp_path, "smoke", "artifacts", "problems").glob("*.parquet")
     assert stored.stat().st_size > 0
+
+
+@pytest.mark.server
+@pytest.mark.docker
+@pytest.mark.slow
+def test_smoke_iteration_runs_to_completion_in_the_docker_deployment(deployed):
+    """mucode-iteration/docker: the docker worker of scripts/prefect-server.sh runs the flow in a
+    container of mucode-trainer:latest (containers/build-trainer.sh), results in the mucode-runs volume."""
+    from prefect.deployments import run_deployment
+
+    done = subprocess.run(["docker", "image", "inspect", "mucode-trainer:latest"], capture_output=True)
+    if done.returncode != 0:
+        pytest.fail("image mucode-trainer:latest is missing: bash containers/build-trainer.sh")
+    run_dir = f"/opt/mucode/runs/test-{time.time_ns()}"  # inside the container, in the volume
+    parameters = {"config": "configs/smoke.yaml", "overrides": [f"run_dir={run_dir}", "verifier.loss=bce"]}
+    with api(deployed):
+        started = time.perf_counter()
+        flow_run = run_deployment("mucode-iteration/docker", parameters=parameters, timeout=3600)
+        elapsed = time.perf_counter() - started
+        assert flow_run.state.is_completed(), flow_run.state
+        print(f"smoke mucode-iteration via the docker deployment: {elapsed:.1f} s")
+        artifacts = artifacts_by_key(flow_run.id)
+    summary = {row["stage"]: row for row in json.loads(artifacts["smoke-summary"].data)}
+    assert {"problems-mbpp", "rollout-1", "execute", "aggregate-1", "verifier", "relabel"} <= set(summary)
+    assert all(row["artifact"].startswith(run_dir) for row in summary.values() if row["artifact"])
+    nightly = artifacts["smoke-nightly"].data
+    assert "| this |" in nightly and "| base |" in nightly and "Verifier held-out AUC" in nightly
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_stage_by_name_reruns_from_state_and_downstream_from_cache(deployed, tmp_path):
+    """mucode-stage by name: inputs from state.json, `refresh` recomputes one stage, `downstream`
+    from problems re-runs the whole iteration (all cache hits) and records it again."""
+    from prefect.deployments import run_deployment
+
+    from test_flows import smoke_overrides
+
+    overrides = smoke_overrides(tmp_path)
+    state_file = Path(tmp_path, "smoke", "state.json")
+    with api(deployed):
+        first = run_deployment("mucode-iteration/process", parameters={"overrides": overrides}, timeout=3600)
+        assert first.state.is_completed(), first.state
+        recorded = json.loads(state_file.read_text())["iterations"][0]
+        assert recorded["rollouts"] and recorded["labelled"]  # what a by-name execute/aggregate reads
+
+        refreshed = run_deployment("mucode-stage/process", timeout=1200, parameters={
+            "stage": "aggregate", "overrides": overrides, "refresh": True})
+        assert refreshed.state.is_completed(), refreshed.state
+        [row] = json.loads(artifacts_by_key(refreshed.id)["smoke-summary"].data)
+        assert row["stage"] == "aggregate-1" and row["state"] == "computed"
+        assert row["artifact"] == recorded["aggregated"]["path"]  # same inputs, same bytes, same artifact
+
+        started = time.perf_counter()
+        rerun = run_deployment("mucode-stage/process", timeout=1200, parameters={
+            "stage": "problems", "overrides": overrides, "downstream": True})
+        elapsed = time.perf_counter() - started
+        assert rerun.state.is_completed(), rerun.state
+        print(f"cached re-run of a whole smoke iteration (mucode-stage problems, downstream), submit to Completed: "
+              f"{elapsed:.1f} s")
+        summary = json.loads(artifacts_by_key(rerun.id)["smoke-summary"].data)
+    assert [row["stage"] for row in summary] == ["problems-mbpp", "rollout-1", "execute", "aggregate-1", "verifier",
+                                                 "relabel", "finetune"]
+    assert {row["state"] for row in summary} == {"cached"}
+    assert json.loads(state_file.read_text())["iterations"][0]["generator"] == recorded["generator"]
+
+
+def artifacts_by_key(flow_run_id) -> dict:
+    return {artifact.key: artifact for artifact in flow_run_artifacts(flow_run_id) if artifact.key}

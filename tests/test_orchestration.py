@@ -123,6 +123,7 @@ def harness(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
+    # 120 s, not 30: the server starts slowly on a machine busy with other work.
     with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
         yield results
 
@@ -341,6 +342,60 @@ def test_stage_table_and_progress_artifacts(harness, tmp_path):
     assert rows["rows"] == 3 and rows["pass_rate"] == 0.5 and rows["loss"] == "2 → 0.25 (3 points)"
     progress = [artifact for artifact in found if artifact.type == "progress"]
     assert len(progress) == 1 and float(progress[0].data) == 100.0
+
+
+def flow_run_artifacts(flow_run_id) -> list:
+    """Every artifact of one flow run, its stages' and its own (the summary), newest first."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        # No task run filter: with one (even empty) the server leaves out artifacts made by the flow itself.
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(), limit=200, offset=0, sort=ArtifactSort.CREATED_DESC)
+
+
+@flow
+def summarised_toy(run_dir: str, fail: bool = False) -> None:
+    from mucode.run_summary import summarised_run
+
+    cfg = make_config(run_dir)
+    root = experiment_root(cfg)
+    with summarised_run(cfg, root):
+        generated = generate_task(cfg, root, rows=4)
+        split_task(cfg, root, rows=2)
+        if fail:
+            raise RuntimeError("toy failure after two stages")
+        label_task(cfg, root, source=generated)
+
+
+@pytest.mark.slow
+def test_every_flow_run_publishes_one_summary_of_all_its_stages_cached_or_not(harness, tmp_path):
+    first = summarised_toy(str(tmp_path), return_state=True)
+    second = summarised_toy(str(tmp_path), return_state=True)
+    tables = {}
+    for name, state in (("first", first), ("second", second)):
+        [summary] = [artifact for artifact in flow_run_artifacts(state.state_details.flow_run_id)
+                     if artifact.key == "toy-summary"]
+        tables[name] = {row["stage"]: row for row in json.loads(summary.data)}
+    assert list(tables["first"]) == ["generate", "split", "label"]
+    assert {row["state"] for row in tables["first"].values()} == {"computed"}
+    assert {row["state"] for row in tables["second"].values()} == {"cached"}  # a resumed run still lists them
+    generate = tables["second"]["generate"]
+    assert generate["rows"] == 4 and "pass_rate=0.5" in generate["key metrics"]
+    assert generate["artifact"].endswith(".parquet") and Path(generate["artifact"]).is_file()
+    assert tables["second"]["split"]["rows"] == 4 and ", " in tables["second"]["split"]["artifact"]  # two artifacts
+    assert isinstance(tables["first"]["generate"]["wall s (this run)"], float)
+    # The wall time a cached stage cost when it was computed comes from ROOT/timings.jsonl.
+    assert isinstance(generate["wall s (computed)"], float)
+
+    failed = summarised_toy(str(tmp_path / "other"), fail=True, return_state=True)
+    assert failed.is_failed()
+    [summary] = [artifact for artifact in flow_run_artifacts(failed.state_details.flow_run_id)
+                 if artifact.key == "toy-summary"]
+    assert [row["stage"] for row in json.loads(summary.data)] == ["generate", "split"]  # what ran before the failure
 
 
 def test_stage_progress_outside_a_run_calls_no_api():
