@@ -85,16 +85,9 @@ def append_history(root: str, entry: dict[str, Any]) -> Path:
 
 def read_history(root: str) -> list[dict[str, Any]]:
     """Every entry of ROOT/nightly.jsonl, oldest first (lines cut short by a crash are skipped)."""
-    path = Path(root.removeprefix("file://")) / HISTORY_FILE
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+    from mucode.orchestration import read_json_lines  # Prefect is imported only where history is read
+
+    return read_json_lines(Path(root.removeprefix("file://")) / HISTORY_FILE)
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, this_label: str = "this") -> Path:

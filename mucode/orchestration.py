@@ -233,9 +233,8 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
         timings.write(line + "\n")
 
 
-def read_timings(root: str) -> list[dict[str, Any]]:
-    """Every line of ROOT/timings.jsonl (empty when none); unreadable lines are skipped."""
-    path = _timings_path(root)
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every record of an append-only JSONL file, oldest first (empty when none); lines cut short by a crash are skipped."""
     if not path.is_file():
         return []
     records = []
@@ -243,8 +242,13 @@ def read_timings(root: str) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+            continue
     return records
+
+
+def read_timings(root: str) -> list[dict[str, Any]]:
+    """Every line of ROOT/timings.jsonl (empty when none)."""
+    return read_json_lines(_timings_path(root))
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:
