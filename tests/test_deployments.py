@@ -81,16 +81,12 @@ def test_deployments_schedule_and_parameter_forms(deployed):
 @pytest.mark.slow
 def test_triggered_evaluate_run_completes_with_artifacts_and_retries_from_cache(deployed, tmp_path):
     from prefect import get_client
-    from prefect.deployments import run_deployment
 
     parameters = {"config": "configs/smoke.yaml", "overrides": [f"run_dir={tmp_path}", *TINY_EVALUATION],
                   "iteration": 0}
     with api(deployed):
-        started = time.perf_counter()
-        flow_run = run_deployment("mucode-evaluate/process", parameters=parameters, timeout=1200)
-        elapsed = time.perf_counter() - started
-        assert flow_run.state.is_completed(), flow_run.state
-        print(f"mucode-evaluate via deployment and process worker: {elapsed:.1f} s")
+        flow_run = run_to_completion("mucode-evaluate/process", parameters, 1200,
+                                     "mucode-evaluate via deployment and process worker")
         artifacts = {artifact.key: artifact.type for artifact in flow_run_artifacts(flow_run.id) if artifact.key}
         assert artifacts["smoke-evaluate-base"] == "table"  # the stage table of mucode.orchestration
         assert "markdown" in {kind for key, kind in artifacts.items() if key.endswith("-report")}  # the report
@@ -113,17 +109,23 @@ def test_triggered_evaluate_run_completes_with_artifacts_and_retries_from_cache(
     assert set(task_run_states(deployed, str(flow_run.id)).values()) == {"Cached"}
 
 
-@pytest.mark.server
-def test_triggered_stage_run_writes_its_artifact(deployed, tmp_path):
+def run_to_completion(name: str, parameters: dict, timeout: int, what: str):
+    """Trigger deployment `name` as the UI does, wait for it, assert Completed and print its wall time."""
     from prefect.deployments import run_deployment
 
+    started = time.perf_counter()
+    flow_run = run_deployment(name, parameters=parameters, timeout=timeout)
+    assert flow_run.state.is_completed(), flow_run.state
+    print(f"{what}: {time.perf_counter() - started:.1f} s")
+    return flow_run
+
+
+@pytest.mark.server
+def test_triggered_stage_run_writes_its_artifact(deployed, tmp_path):
     parameters = {"stage": "problems", "options": {"dataset": "mbpp", "split": "train", "limit": 2},
                   "overrides": [f"run_dir={tmp_path}"]}
     with api(deployed):
-        started = time.perf_counter()
-        flow_run = run_deployment("mucode-stage/process", parameters=parameters, timeout=600)
-    assert flow_run.state.is_completed(), flow_run.state
-    print(f"mucode-stage (problems) via deployment: {time.perf_counter() - started:.1f} s")
+        run_to_completion("mucode-stage/process", parameters, 600, "mucode-stage (problems) via deployment")
     [stored] = Path(tmp_path, "smoke", "artifacts", "problems").glob("*.parquet")
     assert stored.stat().st_size > 0
 
@@ -134,19 +136,14 @@ def test_triggered_stage_run_writes_its_artifact(deployed, tmp_path):
 def test_smoke_iteration_runs_to_completion_in_the_docker_deployment(deployed):
     """mucode-iteration/docker: the docker worker of scripts/prefect-server.sh runs the flow in a
     container of mucode-trainer:latest (containers/build-trainer.sh), results in the mucode-runs volume."""
-    from prefect.deployments import run_deployment
-
     done = subprocess.run(["docker", "image", "inspect", "mucode-trainer:latest"], capture_output=True)
     if done.returncode != 0:
         pytest.fail("image mucode-trainer:latest is missing: bash containers/build-trainer.sh")
     run_dir = f"/opt/mucode/runs/test-{time.time_ns()}"  # inside the container, in the volume
     parameters = {"config": "configs/smoke.yaml", "overrides": [f"run_dir={run_dir}", "verifier.loss=bce"]}
     with api(deployed):
-        started = time.perf_counter()
-        flow_run = run_deployment("mucode-iteration/docker", parameters=parameters, timeout=3600)
-        elapsed = time.perf_counter() - started
-        assert flow_run.state.is_completed(), flow_run.state
-        print(f"smoke mucode-iteration via the docker deployment: {elapsed:.1f} s")
+        flow_run = run_to_completion("mucode-iteration/docker", parameters, 3600,
+                                     "smoke mucode-iteration via the docker deployment")
         artifacts = artifacts_by_key(flow_run.id)
     summary = {row["stage"]: row for row in json.loads(artifacts["smoke-summary"].data)}
     assert {"problems-mbpp", "rollout-1", "execute", "aggregate-1", "verifier", "relabel"} <= set(summary)
