@@ -87,17 +87,22 @@ def test_local_worker_is_fully_isolated(local_sandbox):
 
 
 def local_worker_pids() -> list:
-    """Processes this test process started as local sandbox workers."""
+    """Processes this test process started as local sandbox workers.
+
+    Read from each process's parent pid rather than /proc/self/task/*/children: a child whose
+    spawning thread has ended is re-parented to another thread and can be missing from both lists.
+    """
     pids = []
-    for task in Path("/proc/self/task").iterdir():
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue  # a thread that just ended
-        for child in children:
-            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if b"worker.main" in b" ".join(command) and b"local" in command:
-                pids.append(int(child))
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a process that just ended
+        if parent == os.getpid() and b"worker.main" in b" ".join(command) and b"local" in command:
+            pids.append(int(proc.name))
     return pids
 
 

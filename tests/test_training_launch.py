@@ -208,10 +208,7 @@ def test_finetune_entry_point_runs_on_cpu(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_verifier_entry_point_runs_on_cpu(tiny_model, tmp_path):
-    problems = pl.DataFrame({"task_id": ["a", "b"], "prompt": ["do a", "do b"],
-                             "public_tests": ["assert a()", "assert b()"]})
-    aggregated = pl.DataFrame({"task_id": ["a", "a", "b", "b"], "response": ["good a", "bad a", "good b", "bad b"],
-                               "final": [True] * 4, "oracle_passed": [True, False, True, False]})
+    aggregated, problems = verifier_frames(2)
     problems.write_parquet(tmp_path / "problems.parquet")
     aggregated.write_parquet(tmp_path / "aggregated.parquet")
     cfg = VerifierConfig(pairs_per_problem=1, learning_rate=1e-3, epochs=1, batch_size=1, max_length=128,
@@ -304,7 +301,7 @@ def test_finetune_on_two_cpu_ranks_matches_one_process(tiny_model, tmp_path, mon
 def verifier_frames(problem_count):
     """One passing and one failing final answer per problem: one BT pair each."""
     ids = [f"t{i}" for i in range(problem_count)]
-    problems = pl.DataFrame({"task_id": ids, "prompt": [f"do {t}" for t in ids],
+    problems = pl.DataFrame({"task_id": ids, "dataset": ["mbpp"] * problem_count, "prompt": [f"do {t}" for t in ids],
                              "public_tests": ["assert f()"] * problem_count})
     aggregated = pl.DataFrame({"task_id": [t for t in ids for _ in range(2)],
                                "response": [f"{kind} {t}" for t in ids for kind in ("good", "bad")],
