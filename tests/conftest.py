@@ -1,6 +1,8 @@
 """Test-wide settings: offline data, quiet Prefect, shared paths."""
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,38 @@ def data_dir() -> Path:
     if not (path / "mbpp.jsonl").is_file():
         pytest.fail(f"MBPP not found at {path}: set MUCODE_DATA_DIR to the folder holding mbpp.jsonl")
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect server in this process for every test that runs flows here,
+    with results persisted to a temporary directory."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tmp_path_factory.mktemp("prefect-results")
+    # 120 s, not 30: the server starts slowly on a machine busy with other work.
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
+        yield results
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """`scripts/prefect-server.sh start` (a real server and process worker) on a free port, once
+    per session; yields the environment that reaches it.
+
+    MUCODE_TEST_PREFECT_PORT picks the port instead; a server already answering there is
+    reused (the script is idempotent) and only the worker is started and stopped.
+    """
+    from prefect_support import REPO, free_port, server_env
+
+    port = int(os.environ.get("MUCODE_TEST_PREFECT_PORT") or free_port())
+    env = server_env(tmp_path_factory.mktemp("prefect-home"), port)
+    script = str(REPO / "scripts" / "prefect-server.sh")
+    started = time.perf_counter()
+    subprocess.run([script, "start"], env=env, check=True, capture_output=True, text=True, timeout=180)
+    print(f"prefect-server.sh start: {time.perf_counter() - started:.1f} s")
+    try:
+        yield env
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)

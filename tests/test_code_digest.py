@@ -18,9 +18,8 @@ import pytest
 from mucode.artifacts import ArtifactStore
 from mucode.code_digest import (COMPUTED_IMPORTS, PROJECT_PACKAGES, WHOLE_PROJECT, computed_import_modules,
                                 parsed_module, project_modules, run_as_stage, stage_code)
-from test_orchestration import harness, make_config  # noqa: F401  (harness: a shared fixture)
+from prefect_support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_stage_code_follows_imports_lazy_imports_and_import_paths():
@@ -105,7 +104,7 @@ from prefect import flow
 from mucode.artifacts import ArtifactStore
 from mucode.orchestration import experiment_root
 from mucode.tasks.problems import problems_task
-from test_orchestration import make_config
+from prefect_support import make_config
 
 
 @flow
@@ -155,11 +154,11 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 @pytest.mark.slow
-def test_stage_recomputes_when_an_imported_module_changes(harness, tmp_path, data_dir):
+def test_stage_recomputes_when_an_imported_module_changes(prefect_harness, tmp_path, data_dir):
     tree = installed_tree(tmp_path / "tree")
     mbpp = tree / "mucode" / "data" / "mbpp.py"  # problems -> (lazy) mucode.data -> loader -> mbpp
     shown = "    shown = asserts if is_training_split(split) else asserts[:1]\n"
-    run = lambda: run_problems_stage(tree, tmp_path / "runs", data_dir, harness)  # noqa: E731
+    run = lambda: run_problems_stage(tree, tmp_path / "runs", data_dir, prefect_harness)  # noqa: E731
 
     first = run()
     assert Path(first["imported"]).is_relative_to(tree)

@@ -17,7 +17,7 @@ from mucode.flows.experiment import IterationRecord, read_iterations
 from mucode.orchestration import TIMINGS_FILE, read_timings, record_timing
 from mucode.tasks.compare import compare_stage
 from mucode.tasks.evaluate import summarize
-from tests.test_report import png_size, rows_for
+from report_support import png_size, rows_for
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG, GPU_CONFIG = REPO / "configs" / "compare-cpu.yaml", REPO / "configs" / "compare-paper-1b.yaml"
@@ -153,7 +153,7 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_flow_runs_every_arm_from_shared_base_rollouts(tmp_path, data_dir):
+def test_compare_flow_runs_every_arm_from_shared_base_rollouts(prefect_harness, tmp_path, data_dir):
     """The real flow on tiny settings: four arms, one shared rollout stage, a report with the single-turn rows."""
     from mucode.flows.compare import mucode_compare
 

@@ -14,18 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from test_flows import REPO, prefect_server, task_run_states  # noqa: F401  (prefect_server: a shared fixture)
-from test_orchestration import flow_run_artifacts
-
-# `python -m prefect`: a copied venv's console scripts can name another interpreter (and its mucode).
-PREFECT = [str(REPO / ".venv" / "bin" / "python"), "-m", "prefect"]
+from prefect_support import PREFECT, REPO, api, flow_run_artifacts, smoke_overrides, task_run_states
 
 TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evaluation.n=1", "evaluation.turns=1",
                    "evaluation.searches=1", "evaluation.scaling_ns=[1]", "evaluation.sampling.max_new_tokens=32"]
 
 
 @pytest.fixture(scope="module")
-def deployed(prefect_server):  # noqa: F811
+def deployed(prefect_server):
     started = time.perf_counter()
     done = subprocess.run([*PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=prefect_server,
                           capture_output=True, text=True, timeout=600)
@@ -35,13 +31,6 @@ def deployed(prefect_server):  # noqa: F811
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     print(f"prefect deploy --all: {time.perf_counter() - started:.1f} s")
     return prefect_server
-
-
-def api(env: dict[str, str]):
-    """Prefect settings pointing this process at the test server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
 
 
 @pytest.mark.server
@@ -106,7 +95,8 @@ def test_triggered_evaluate_run_completes_with_artifacts_and_retries_from_cache(
         assert state.is_completed(), state
         print(f"retried deployed run: {time.perf_counter() - started:.1f} s")
     # Task runs of the same flow run, latest per name: the retry's, every one a cache hit.
-    assert set(task_run_states(deployed, str(flow_run.id)).values()) == {"Cached"}
+    with api(deployed):
+        assert set(task_run_states(str(flow_run.id)).values()) == {"Cached"}
 
 
 def run_to_completion(name: str, parameters: dict, timeout: int, what: str):
@@ -158,8 +148,6 @@ def test_stage_by_name_reruns_from_state_and_downstream_from_cache(deployed, tmp
     """mucode-stage by name: inputs from state.json, `refresh` recomputes one stage, `downstream`
     from problems re-runs the whole iteration (all cache hits) and records it again."""
     from prefect.deployments import run_deployment
-
-    from test_flows import smoke_overrides
 
     overrides = smoke_overrides(tmp_path)
     state_file = Path(tmp_path, "smoke", "state.json")

@@ -9,12 +9,9 @@ below prove the mechanism; the smoke tests run the real stages of tasks/.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,95 +20,28 @@ import pytest
 from prefect import flow
 
 from mucode.artifacts import Artifact, ArtifactStore
-from mucode.config import Config, apply_overrides, parse_config
 from mucode.orchestration import experiment_root, stage_task
-from test_orchestration import _log_call, calls  # counting stage executions, shared with the toy stages there
-
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-PYTHON = sys.executable
-
-
-# -- a real server for the whole module ------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def server_env(home: Path, port: int) -> dict[str, str]:
-    return {**os.environ, "PREFECT_HOME": str(home), "MUCODE_PREFECT_PORT": str(port),
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-            "PREFECT_WORKER_QUERY_SECONDS": "2"}  # the worker picks up triggered runs quickly
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """`scripts/prefect-server.sh start` on a free port; yields the environment that reaches it.
-
-    MUCODE_TEST_PREFECT_PORT picks the port instead; a server already answering there is
-    reused (the script is idempotent) and only the worker is started and stopped.
-    """
-    port = int(os.environ.get("MUCODE_TEST_PREFECT_PORT") or free_port())
-    env = server_env(tmp_path_factory.mktemp("prefect-home"), port)
-    script = str(REPO / "scripts" / "prefect-server.sh")
-    started = time.perf_counter()
-    subprocess.run([script, "start"], env=env, check=True, capture_output=True, text=True, timeout=180)
-    print(f"prefect-server.sh start: {time.perf_counter() - started:.1f} s")
-    try:
-        yield env
-    finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
-
-
-def run_python(code: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter in the repository, with the tests importable."""
-    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
-    return subprocess.run([PYTHON, "-c", prelude + code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def last_json_line(output: str) -> dict:
-    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-
-
-def task_run_states(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
-    """Task run name → state name of one flow run, read from the server."""
-    code = f"""
-import json
-from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
-from prefect.client.schemas.sorting import TaskRunSort
-with get_client(sync_client=True) as client:
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[{flow_run_id!r}])),
-                                 task_run_filter=TaskRunFilter(), limit=200, offset=0,
-                                 sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-print(json.dumps({{run.name: run.state.name for run in runs}}))
-"""
-    done = run_python(code, env, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return last_json_line(done.stdout)
+from prefect_support import (PYTHON, REPO, SMOKE, TESTS, api, calls, last_json_line, log_call, make_config,
+                             run_python, smoke_overrides, task_run_states)
 
 
 # -- toy stages: each logs its calls in the experiment directory -----------------------------
 
 def toy_rollout(cfg, root: str, iteration: int) -> Artifact:
-    _log_call(root, "rollout")
+    log_call(root, "rollout")
     frame = pl.DataFrame({"task_id": ["a", "b", "c"], "iteration": [iteration] * 3})
     return ArtifactStore(root).put_frame(frame, stage="rollout")
 
 
 def toy_verifier(cfg, root: str, aggregated: Artifact) -> Artifact:
-    _log_call(root, "verifier")
+    log_call(root, "verifier")
     store = ArtifactStore(root)
     scored = store.get_frame(aggregated).with_columns(pl.lit(0.5).alias("score"))
     return store.put_frame(scored, stage="verifier", inputs=[aggregated.hash])
 
 
 def toy_finetune(cfg, root: str, sft: Artifact) -> Artifact:
-    _log_call(root, "finetune")
+    log_call(root, "finetune")
     (Path(root) / "finetune-started").touch()
     hang = Path(root) / "hang-finetune"
     while hang.exists():  # the kill test holds the stage here until it kills the process
@@ -124,7 +54,7 @@ def toy_finetune(cfg, root: str, sft: Artifact) -> Artifact:
 
 
 def toy_flaky(cfg, root: str, source: Artifact) -> Artifact:
-    _log_call(root, "flaky")
+    log_call(root, "flaky")
     if (Path(root) / "broken").exists():
         raise RuntimeError("toy stage failure (the file 'broken' exists)")
     return ArtifactStore(root).put_frame(pl.DataFrame({"ok": [True]}), stage="flaky", inputs=[source.hash])
@@ -136,13 +66,9 @@ toy_finetune_task = stage_task(toy_finetune, name="finetune", sections=("finetun
 toy_flaky_task = stage_task(toy_flaky, name="flaky", sections=())
 
 
-def toy_config(run_dir: str) -> Config:
-    return parse_config(apply_overrides({"run_dir": run_dir, "name": "toy"}, {}))
-
-
 @flow(name="toy-iteration")
 def toy_iteration(run_dir: str) -> dict[str, str]:
-    cfg = toy_config(run_dir)
+    cfg = make_config(run_dir)
     root = experiment_root(cfg)
     rollouts = toy_rollout_task(cfg, root, iteration=1, return_state=True)
     verifier = toy_verifier_task(cfg, root, aggregated=rollouts.result(), return_state=True)
@@ -152,7 +78,7 @@ def toy_iteration(run_dir: str) -> dict[str, str]:
 
 @flow(name="toy-flaky")
 def toy_flaky_pipeline(run_dir: str) -> None:
-    cfg = toy_config(run_dir)
+    cfg = make_config(run_dir)
     root = experiment_root(cfg)
     toy_flaky_task(cfg, root, source=toy_rollout_task(cfg, root, iteration=1))  # a failure fails the flow
 
@@ -204,7 +130,7 @@ def test_unreadable_state_file_is_one_clear_error(tmp_path):
 
 @pytest.mark.server
 def test_killed_run_resumes_from_the_killed_stage(prefect_server, tmp_path):
-    root = experiment_root(toy_config(str(tmp_path)))
+    root = experiment_root(make_config(str(tmp_path)))
     Path(root).mkdir(parents=True)
     (Path(root) / "hang-finetune").touch()
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
@@ -240,7 +166,7 @@ def test_killed_run_resumes_from_the_killed_stage(prefect_server, tmp_path):
 
 @pytest.mark.server
 def test_flow_run_retry_recomputes_only_the_failed_stage(prefect_server, tmp_path):
-    root = experiment_root(toy_config(str(tmp_path)))
+    root = experiment_root(make_config(str(tmp_path)))
     Path(root).mkdir(parents=True)
     (Path(root) / "broken").touch()
     failed = run_python(f"""
@@ -258,19 +184,10 @@ print(json.dumps({{"id": str(state.state_details.flow_run_id), "state": state.na
     assert retry.returncode == 0, (retry.stdout + retry.stderr)[-3000:]
     assert [calls(root, "rollout"), calls(root, "flaky")] == [1, 2]
     # The retry re-ran the same flow run: its task runs now end Cached (rollout) and Completed (flaky).
-    assert task_run_states(prefect_server, outcome["id"]) == {"rollout-1": "Cached", "flaky": "Completed"}
+    assert _states_on(prefect_server, outcome["id"]) == {"rollout-1": "Cached", "flaky": "Completed"}
 
 
 # -- the real stages ----------------------------------------------------------------------------
-
-SMOKE = "configs/smoke.yaml"
-
-
-def smoke_overrides(run_dir: Path) -> list[str]:
-    # smoke.yaml's BT loss finds no (passing, failing) pair among 6 problems (VerifierInputError).
-    # nightly off: these tests count the iteration's own stages (the nightly report has its own test).
-    return [f"run_dir={run_dir}", "verifier.loss=bce", "nightly.enabled=false"]
-
 
 def test_train_command_rejects_a_bad_config_in_one_line(tmp_path):
     command = [PYTHON, "-m", "mucode.flows.train", "--config", SMOKE, "--override", "rollout.num_rolouts=2"]
@@ -282,22 +199,18 @@ def test_train_command_rejects_a_bad_config_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_train_rerun_is_all_cache_hits(tmp_path):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_smoke_train_rerun_is_all_cache_hits(prefect_harness, tmp_path):
     from mucode.flows.train import mucode_train
 
-    with prefect_test_harness(), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
-        started = time.perf_counter()
-        first = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
-        first_s = time.perf_counter() - started
-        started = time.perf_counter()
-        second = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
-        second_s = time.perf_counter() - started
-        assert first.is_completed() and second.is_completed()
-        assert Path(first.result()).is_file() and second.result() == first.result()
-        states = _task_run_states_here(second.state_details.flow_run_id)
+    started = time.perf_counter()
+    first = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    second = mucode_train(config=SMOKE, overrides=smoke_overrides(tmp_path), return_state=True)
+    second_s = time.perf_counter() - started
+    assert first.is_completed() and second.is_completed()
+    assert Path(first.result()).is_file() and second.result() == first.result()
+    states = task_run_states(second.state_details.flow_run_id)
     print(f"smoke mucode-train: first run {first_s:.1f} s, cached re-run {second_s:.1f} s; re-run states {states}")
     stages = {name.split("-")[0] for name in states}
     assert {"problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate",
@@ -311,18 +224,6 @@ def test_smoke_train_rerun_is_all_cache_hits(tmp_path):
     peaks = {record["stage"]: record["peak_rss_gib"] for record in timings}
     assert peaks["finetune"] > 0.5  # a 135M model with AdamW state cannot train in less
     print("peak RSS per stage (GiB):", peaks)
-
-
-def _task_run_states_here(flow_run_id) -> dict[str, str]:
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     task_run_filter=TaskRunFilter(), limit=200, offset=0,
-                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-    return {run.name: run.state.name for run in runs}
 
 
 RUN_SMOKE_ITERATION = """
@@ -348,14 +249,14 @@ def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_
     os.killpg(process.pid, signal.SIGKILL)  # the flow process and any stage subprocess it started
     process.wait(timeout=30)
     log.close()
-    assert task_run_states(prefect_server, killed_id)["finetune"] == "Running"  # nobody told the server
+    assert _states_on(prefect_server, killed_id)["finetune"] == "Running"  # nobody told the server
 
     started = time.perf_counter()
     resumed = run_python(code, prefect_server, timeout=3600)
     resumed_s = time.perf_counter() - started
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     outcome = last_json_line(resumed.stdout)
-    states = task_run_states(prefect_server, outcome["id"])
+    states = _states_on(prefect_server, outcome["id"])
     print(f"smoke iteration resumed in {resumed_s:.1f} s; task runs {states}")
     assert outcome["state"] == "Completed"
     assert states == {"problems-mbpp": "Cached", "rollout-1": "Cached", "execute": "Cached", "aggregate-1": "Cached",
@@ -390,3 +291,8 @@ print(json.dumps({{"ids": [str(run.flow_run_id) for run in runs]}}))
             return last_json_line(found.stdout)["ids"][0]
         time.sleep(2)
     raise AssertionError(f"no {task_name} task run started within {timeout} s")
+
+
+def _states_on(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
+    with api(env):
+        return task_run_states(flow_run_id)

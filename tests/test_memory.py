@@ -3,9 +3,10 @@ return_freed_memory: at a stage's end that memory goes back to the kernel."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = """
 import os, sys
@@ -27,6 +28,7 @@ def system_seconds(mode: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     # ~20 GB of blocks of mixed sizes: glibc's default returns them to the kernel and faults
     # them in again (~0.25 s of kernel time here); kept for reuse, almost none.

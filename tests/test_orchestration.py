@@ -18,7 +18,6 @@ import pytest
 from prefect import flow
 
 from mucode.artifacts import Artifact, ArtifactStore
-from mucode.config import Config, apply_overrides, parse_config
 from mucode.orchestration import (
     OrchestrationError,
     artifact_at,
@@ -31,23 +30,13 @@ from mucode.orchestration import (
     stage_task,
 )
 from mucode.progress import stage_progress
+from prefect_support import calls, flow_run_artifacts, log_call, make_config
 
 
 # -- toy stages (module level: a GPU-style subprocess imports them by name) -------------------
 
-def _log_call(root: str, stage: str) -> None:
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / f"calls-{stage}.log", "a") as log:
-        log.write(f"{os.getpid()}\n")
-
-
-def calls(root: str, stage: str) -> int:
-    log = Path(root) / f"calls-{stage}.log"
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
-
 def toy_generate(cfg, root: str, rows: int) -> Artifact:
-    _log_call(root, "generate")
+    log_call(root, "generate")
     frame = pl.DataFrame({"x": list(range(rows)), "t": [cfg.rollout.sampling.temperature] * rows})
     metrics = {"pass_rate": 0.5, "loss": [2.0, 1.0, 0.25]}
     return ArtifactStore(root).put_frame(frame, stage="generate", config_hash=cfg.section_digest("rollout"),
@@ -55,14 +44,14 @@ def toy_generate(cfg, root: str, rows: int) -> Artifact:
 
 
 def toy_label(cfg, root: str, source: Artifact) -> Artifact:
-    _log_call(root, "label")
+    log_call(root, "label")
     store = ArtifactStore(root)
     frame = store.get_frame(source).with_columns((pl.col("x") % 2 == 0).alias("passed"))
     return store.put_frame(frame, stage="label", inputs=[source.hash])
 
 
 def toy_model(cfg, root: str, source: Artifact) -> Artifact:
-    _log_call(root, "model")
+    log_call(root, "model")
     store = ArtifactStore(root)
     folder = Path(root) / "scratch-model"
     folder.mkdir(exist_ok=True)
@@ -72,7 +61,7 @@ def toy_model(cfg, root: str, source: Artifact) -> Artifact:
 
 
 def toy_split(cfg, root: str, rows: int) -> list[Artifact]:
-    _log_call(root, "split")
+    log_call(root, "split")
     store = ArtifactStore(root)
     return [store.put_frame(pl.DataFrame({"x": [part] * rows}), stage="split") for part in range(2)]
 
@@ -100,10 +89,6 @@ counted_task = stage_task(toy_counted, name="counted", sections=())
 allocate_task = stage_task(toy_allocate, name="allocate", sections=(), gpu=True)
 
 
-def make_config(run_dir: str, overrides: dict | None = None) -> Config:
-    return parse_config(apply_overrides({"run_dir": run_dir, "name": "toy"}, overrides or {}))
-
-
 @flow
 def toy_pipeline(run_dir: str, overrides: dict | None = None, rows: int = 5) -> dict:
     cfg = make_config(run_dir, overrides)
@@ -115,17 +100,6 @@ def toy_pipeline(run_dir: str, overrides: dict | None = None, rows: int = 5) -> 
                        (("generate", generated), ("label", labelled), ("model", model))},
             "artifacts": {"generate": generated.result(), "label": labelled.result(), "model": model.result()},
             "root": root}
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    results = tmp_path_factory.mktemp("prefect-results")
-    # 120 s, not 30: the server starts slowly on a machine busy with other work.
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
-        yield results
 
 
 # -- cache keys (no server) --------------------------------------------------------------------
@@ -188,7 +162,7 @@ def test_artifact_key_is_prefect_safe():
 # -- caching under a real Prefect server ------------------------------------------------------
 
 @pytest.mark.slow
-def test_second_run_is_a_cache_hit_in_another_flow_run(harness, tmp_path):
+def test_second_run_is_a_cache_hit_in_another_flow_run(prefect_harness, tmp_path):
     started = time.perf_counter()
     first = toy_pipeline(str(tmp_path))
     first_s = time.perf_counter() - started
@@ -204,7 +178,7 @@ def test_second_run_is_a_cache_hit_in_another_flow_run(harness, tmp_path):
 
 
 @pytest.mark.slow
-def test_deleted_artifact_is_recomputed_and_downstream_stays_cached(harness, tmp_path):
+def test_deleted_artifact_is_recomputed_and_downstream_stays_cached(prefect_harness, tmp_path):
     first = toy_pipeline(str(tmp_path))
     os.remove(first["artifacts"]["generate"].path)
     second = toy_pipeline(str(tmp_path))
@@ -215,7 +189,7 @@ def test_deleted_artifact_is_recomputed_and_downstream_stays_cached(harness, tmp
 
 
 @pytest.mark.slow
-def test_truncated_parquet_is_recomputed(harness, tmp_path):
+def test_truncated_parquet_is_recomputed(prefect_harness, tmp_path):
     first = toy_pipeline(str(tmp_path))
     path = first["artifacts"]["label"].path
     os.truncate(path, os.path.getsize(path) // 2)
@@ -226,7 +200,7 @@ def test_truncated_parquet_is_recomputed(harness, tmp_path):
 
 
 @pytest.mark.slow
-def test_corrupt_model_directory_is_recomputed(harness, tmp_path):
+def test_corrupt_model_directory_is_recomputed(prefect_harness, tmp_path):
     first = toy_pipeline(str(tmp_path))
     (Path(first["artifacts"]["model"].path) / "weights.bin").write_bytes(b"garbage")
     second = toy_pipeline(str(tmp_path))
@@ -234,7 +208,7 @@ def test_corrupt_model_directory_is_recomputed(harness, tmp_path):
 
 
 @pytest.mark.slow
-def test_config_section_change_recomputes_only_the_stages_that_read_it(harness, tmp_path):
+def test_config_section_change_recomputes_only_the_stages_that_read_it(prefect_harness, tmp_path):
     toy_pipeline(str(tmp_path))
     rollout_changed = toy_pipeline(str(tmp_path), {"rollout": {"sampling": {"temperature": 0.1}}})
     assert rollout_changed["states"] == {"generate": "Completed", "label": "Completed", "model": "Completed"}
@@ -246,14 +220,14 @@ def test_config_section_change_recomputes_only_the_stages_that_read_it(harness, 
 
 
 @pytest.mark.slow
-def test_changed_input_value_recomputes(harness, tmp_path):
+def test_changed_input_value_recomputes(prefect_harness, tmp_path):
     toy_pipeline(str(tmp_path), rows=5)
     other = toy_pipeline(str(tmp_path), rows=6)
     assert other["states"]["generate"] == "Completed"
 
 
 @pytest.mark.slow
-def test_changed_stage_source_recomputes(harness, tmp_path):
+def test_changed_stage_source_recomputes(prefect_harness, tmp_path):
     original = stage_task(toy_split, name="split")
     edited = stage_task(toy_split, name="split")
     # TASK_SOURCE hashes the source Prefect captured from the stage function; an edit changes it.
@@ -271,7 +245,7 @@ def test_changed_stage_source_recomputes(harness, tmp_path):
 
 
 @pytest.mark.slow
-def test_list_result_with_one_missing_artifact_is_recomputed(harness, tmp_path):
+def test_list_result_with_one_missing_artifact_is_recomputed(prefect_harness, tmp_path):
     @flow
     def run_split(run_dir: str) -> tuple[str, list[Artifact]]:
         cfg = make_config(run_dir)
@@ -286,7 +260,7 @@ def test_list_result_with_one_missing_artifact_is_recomputed(harness, tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_stage_runs_in_a_fresh_process_only_with_gpus(harness, tmp_path):
+def test_gpu_stage_runs_in_a_fresh_process_only_with_gpus(prefect_harness, tmp_path):
     on_cpu = toy_pipeline(str(tmp_path / "cpu"))
     on_gpu = toy_pipeline(str(tmp_path / "gpu"), {"compute": {"num_gpus": 1}})
     cpu_pid = json.loads((Path(on_cpu["artifacts"]["model"].path) / "config.json").read_text())["pid"]
@@ -305,7 +279,7 @@ def allocating_pipeline(run_dir: str, sizes: list[int], overrides: dict | None =
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gpus", [0, 1])
-def test_each_computed_stage_records_its_own_peak_rss(harness, tmp_path, gpus):
+def test_each_computed_stage_records_its_own_peak_rss(prefect_harness, tmp_path, gpus):
     from mucode.orchestration import read_timings
 
     root = allocating_pipeline(str(tmp_path), [600, 8], {"compute": {"num_gpus": gpus}})
@@ -319,7 +293,7 @@ def test_each_computed_stage_records_its_own_peak_rss(harness, tmp_path, gpus):
 
 
 @pytest.mark.slow
-def test_stage_table_and_progress_artifacts(harness, tmp_path):
+def test_stage_table_and_progress_artifacts(prefect_harness, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
@@ -344,19 +318,6 @@ def test_stage_table_and_progress_artifacts(harness, tmp_path):
     assert len(progress) == 1 and float(progress[0].data) == 100.0
 
 
-def flow_run_artifacts(flow_run_id) -> list:
-    """Every artifact of one flow run, its stages' and its own (the summary), newest first."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        # No task run filter: with one (even empty) the server leaves out artifacts made by the flow itself.
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
-            flow_run_filter=FlowRunFilter(), limit=200, offset=0, sort=ArtifactSort.CREATED_DESC)
-
-
 @flow
 def summarised_toy(run_dir: str, fail: bool = False) -> None:
     from mucode.run_summary import summarised_run
@@ -372,7 +333,7 @@ def summarised_toy(run_dir: str, fail: bool = False) -> None:
 
 
 @pytest.mark.slow
-def test_every_flow_run_publishes_one_summary_of_all_its_stages_cached_or_not(harness, tmp_path):
+def test_every_flow_run_publishes_one_summary_of_all_its_stages_cached_or_not(prefect_harness, tmp_path):
     first = summarised_toy(str(tmp_path), return_state=True)
     second = summarised_toy(str(tmp_path), return_state=True)
     tables = {}
@@ -432,7 +393,7 @@ def test_run_batches_in_process():
 
 
 @pytest.mark.slow
-def test_run_batches_on_a_local_dask_cluster(harness):
+def test_run_batches_on_a_local_dask_cluster(prefect_harness):
     from distributed import LocalCluster
 
     batches = [(i * 20_000, (i + 1) * 20_000) for i in range(6)]
@@ -461,7 +422,7 @@ def judge_batch(batch: list[tuple[str, str, str]]) -> list[tuple[str, bool]]:
 
 
 @pytest.mark.slow
-def test_run_batches_runs_sandbox_programs_on_dask_workers(harness):
+def test_run_batches_runs_sandbox_programs_on_dask_workers(prefect_harness):
     from distributed import LocalCluster
 
     programs = [(f"p{i}", f"def f(x):\n    return x + {i % 2}", "assert f(1) == 2") for i in range(8)]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import struct
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -29,29 +27,9 @@ from mucode.report import (
     set_percent_ylim,
     table_records,
 )
-from mucode.tasks.evaluate import ROW_SCHEMA, summarize
+from mucode.tasks.evaluate import summarize
+from report_support import PNG_SIGNATURE, png_size, rows_for
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
-    assert data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
-
-def rows_for(dataset: str, n: int, turns: int, solved_turn: dict[str, int | None], selection: str = "pt") -> pl.DataFrame:
-    """One search per problem; `solved_turn` says at which turn it first passes (public and private)."""
-    records = []
-    for task_id, solved in solved_turn.items():
-        for turn in range(1, turns + 1):
-            passed = solved is not None and turn >= solved
-            records.append({"task_id": task_id, "dataset": dataset, "search_id": 0, "turn": turn, "n": n,
-                            "selection": selection, "selected": 0, "response": "r", "code": "c",
-                            "public_passed": passed, "private_passed": passed, "verifier_score": math.nan,
-                            "num_public_passing_candidates": int(passed)})
-    return pl.DataFrame(records, schema=ROW_SCHEMA)
 
 
 def save(directory: Path, method: str, dataset: str, n: int, solved_turn: dict, turns: int = 3,
@@ -197,10 +175,10 @@ def test_publishing_outside_a_flow_does_nothing(run_dir: Path):
     assert publish_report_artifacts(run_dir) == []
 
 
-def test_publishing_inside_a_flow_creates_table_markdown_and_images(run_dir: Path):
+@pytest.mark.slow
+def test_publishing_inside_a_flow_creates_table_markdown_and_images(prefect_harness, run_dir: Path):
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     build_report(run_dir)
     keys = ["test-report-table1", "test-report-report", "test-report-bon-at-t", "test-report-scaling"]
@@ -209,12 +187,11 @@ def test_publishing_inside_a_flow_creates_table_markdown_and_images(run_dir: Pat
     def publish() -> int:
         return len(publish_report_artifacts(run_dir, key_prefix="test-report"))
 
-    with prefect_test_harness():
-        assert publish() == 4
-        with get_client(sync_client=True) as client:
-            # Prefect 3.8.8's server rejects the nulls its own client.read_artifacts sends.
-            response = client.request("POST", "/artifacts/filter", json={
-                "artifacts": {"key": {"any_": keys}}, "limit": 10, "offset": 0, "sort": "KEY_ASC"})
+    assert publish() == 4
+    with get_client(sync_client=True) as client:
+        # Prefect 3.8.8's server rejects the nulls its own client.read_artifacts sends.
+        response = client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"key": {"any_": keys}}, "limit": 10, "offset": 0, "sort": "KEY_ASC"})
     artifacts = [SimpleNamespace(**artifact) for artifact in response.json()]
     by_key = {artifact.key: artifact for artifact in artifacts}
     assert sorted(by_key) == sorted(keys)

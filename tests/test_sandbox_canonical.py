@@ -56,6 +56,9 @@ def wrong_value_programs(problems: pl.DataFrame) -> list[Program]:
     ]
 
 
+pytestmark = pytest.mark.slow  # 1,138 programs (twice) through each sandbox
+
+
 @pytest.fixture(scope="module")
 def problems(data_dir) -> pl.DataFrame:
     table = canonical_problems(data_dir)

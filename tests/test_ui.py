@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_deployments import PREFECT, api
-from test_flows import REPO, prefect_server  # noqa: F401  (a shared fixture)
-from test_orchestration import flow_run_artifacts
+from prefect_support import PREFECT, REPO, api, flow_run_artifacts
 
 CHROMIUM = "/usr/bin/chromium"
 # What works in a container without a GPU, a sandbox or network: no first-run UI, no
@@ -31,7 +29,7 @@ UI_TIMEOUT_MS = 120_000  # the UI's first load is slow on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
-def stage_deployed(prefect_server):  # noqa: F811
+def stage_deployed(prefect_server):
     done = subprocess.run([*PREFECT, "--no-prompt", "deploy", "-n", "mucode-stage/process"], cwd=REPO,
                           env=prefect_server, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
