@@ -22,7 +22,8 @@ import yaml
 from matplotlib.figure import Figure
 
 from mucode import metrics
-from mucode.report import EvaluationSummary, dataset_title, markdown_table, percent, set_percent_ylim, table_records
+from mucode.evaluation_dirs import EvaluationSummary
+from mucode.report import dataset_title, markdown_table, percent, set_percent_ylim, table_records
 from mucode.tasks.evaluate import search_outcomes
 
 COMPARE_FILE, ABLATION_FILE, ARM_CURVES_FILE = "compare.md", "selection_ablation.png", "arms_bon_at_t.png"

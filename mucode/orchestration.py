@@ -168,13 +168,14 @@ def measure_peak_rss(fn: StageFunction, args: tuple, kwargs: dict) -> tuple[Any,
     return result, peak
 
 
-def _in_a_run() -> bool:
+def in_a_run() -> bool:
+    """Inside a Prefect flow or task run: the one check before anything talks to the API."""
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from free text."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    """A Prefect artifact key (lowercase letters, digits and single dashes) from free text."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower())).strip("-")
 
 
 def _summarise(value: Any) -> Any:
@@ -204,7 +205,7 @@ def stage_table(root: str, result: Any) -> list[dict[str, Any]]:
 
 def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> None:
     """Show a stage's output as a table artifact, key `{experiment}-{run name}` (no-op outside a run)."""
-    if not _in_a_run():
+    if not in_a_run():
         return
     rows = stage_table(root, result)
     if rows:

@@ -1,8 +1,8 @@
 """Progress of long stages: a rich bar in the terminal and a Prefect progress artifact.
 
 `stage_progress(total, description)` yields `advance(done, detail)`: it redraws the terminal
-bar and, inside a Prefect flow or task run, updates a progress artifact (throttled, so a
-stage with thousands of steps makes a handful of API calls). Outside a run it only draws.
+bar and, inside a Prefect flow or task run, updates a progress artifact (`mucode.publish`,
+throttled, so a stage with thousands of steps makes a handful of API calls). Outside a run it only draws.
 When stderr is not a terminal (nohup, CI logs) it prints a plain line at most once a
 minute instead of the bar, so a log shows how far an hour-long stage got.
 It measures nothing itself; callers pass counts.
@@ -17,35 +17,9 @@ from typing import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-PREFECT_UPDATE_EVERY_S = 5.0
 PLAIN_LINE_EVERY_S = 60.0
 
 Advance = Callable[[int, str], None]
-
-
-def _in_prefect_run() -> bool:
-    try:
-        from prefect.context import FlowRunContext, TaskRunContext
-    except ImportError:
-        return False
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-class _PrefectProgress:
-    def __init__(self, description: str):
-        from prefect.artifacts import create_progress_artifact
-
-        self.description = description
-        self.artifact_id = create_progress_artifact(0.0, description=description)
-        self.last_update = 0.0
-
-    def update(self, fraction: float, detail: str, force: bool = False) -> None:
-        from prefect.artifacts import update_progress_artifact
-
-        now = time.monotonic()
-        if force or now - self.last_update >= PREFECT_UPDATE_EVERY_S:
-            update_progress_artifact(self.artifact_id, 100.0 * fraction, description=f"{self.description} {detail}".strip())
-            self.last_update = now
 
 
 class _PlainLines:
@@ -68,7 +42,7 @@ class _PlainLines:
 @contextlib.contextmanager
 def stage_progress(total: int, description: str) -> Iterator[Advance]:
     """Yield `advance(done, detail)` where `done` is the absolute count completed so far."""
-    prefect_progress = _PrefectProgress(description) if _in_prefect_run() else None
+    prefect_progress = _prefect_progress(description)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[detail]}")]
     draw_bar = sys.stderr.isatty() or _force_bar()
@@ -88,6 +62,16 @@ def stage_progress(total: int, description: str) -> Iterator[Advance]:
         yield advance
         if prefect_progress:
             prefect_progress.update(min(last["done"], total) / max(total, 1), last["detail"], force=True)
+
+
+def _prefect_progress(description: str):
+    from mucode.orchestration import in_a_run
+
+    if not in_a_run():
+        return None
+    from mucode.publish import ProgressArtifact
+
+    return ProgressArtifact(description)
 
 
 def _force_bar() -> bool:

@@ -1,45 +1,27 @@
 """The evaluation report: a Table-1-style Markdown report with matplotlib PNGs, rebuilt from
-the evaluation directories on disk, and optionally published as Prefect artifacts.
+the evaluation directories on disk (`mucode.evaluation_dirs`).
 
-On-disk layout. An *evaluation directory* is any directory under the run directory holding
-
-    rows.parquet   the search rows (schema: `mucode.tasks.evaluate.ROW_SCHEMA`)
-    summary.json   metric name -> value (`mucode.tasks.evaluate.summarize`), intervals as
-                   `<metric>.ci_low` / `<metric>.ci_high`
-    meta.json      {"kind": "mucode-evaluation", "method", "dataset", "n", "selection",
-                    "turns", "searches", "details": {generator, verifier, seed, ...}}
-
-for example `RUN_DIR/eval/<label>/` in a pipeline run, or `OUT/` and `OUT/scaling/n<N>/` for
-`mucode evaluate --out OUT`. `build_report(RUN_DIR)` finds every such directory (a
-`summary.json` without a mucode `meta.json` beside it is not an evaluation and is skipped)
-and writes `RUN_DIR/report.md`, `RUN_DIR/bon_at_t.png` and, when some method was evaluated
-at several N, `RUN_DIR/scaling.png`.
+`build_report(RUN_DIR)` writes `RUN_DIR/report.md`, `RUN_DIR/bon_at_t.png` and, when some
+method was evaluated at several N, `RUN_DIR/scaling.png`.
 
 The headline number of every evaluation is BoN@T (T = its number of turns), in percent,
 with its 95% bootstrap interval over problems. This module does not run models or compute
-metrics from rows (that is `mucode.tasks.evaluate`).
+metrics from rows (that is `mucode.tasks.evaluate`); publishing the report to Prefect is
+`mucode.publish`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import polars as pl
 from matplotlib.figure import Figure
 
 from mucode.artifacts import write_atomically
+from mucode.evaluation_dirs import EvaluationSummary, ReportError, load_evaluations
 
-META_KIND = "mucode-evaluation"
-ROWS_FILE, SUMMARY_FILE, META_FILE = "rows.parquet", "summary.json", "meta.json"
 REPORT_FILE, CURVES_FILE, SCALING_FILE = "report.md", "bon_at_t.png", "scaling.png"
 DATASET_TITLES = {
     "humaneval": "HumanEval",
@@ -50,99 +32,6 @@ DATASET_TITLES = {
 }
 SIZE_METRICS = ("problems", "searches", "n", "turns")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
-
-
-class ReportError(RuntimeError):
-    """The report cannot be built from what is on disk; the message is one line."""
-
-
-@dataclass(frozen=True)
-class EvaluationSummary:
-    """One evaluation: what was evaluated (method, dataset, N, ...) and its metrics."""
-
-    method: str
-    dataset: str
-    n: int
-    selection: str
-    turns: int
-    searches: int
-    metrics: dict[str, float]
-    details: dict[str, Any] = field(default_factory=dict)
-    label: str = ""
-
-    @property
-    def headline(self) -> str:
-        return f"bon@{self.turns}"
-
-    def interval(self, metric: str) -> tuple[float, float] | None:
-        low, high = self.metrics.get(f"{metric}.ci_low"), self.metrics.get(f"{metric}.ci_high")
-        return None if low is None or high is None else (low, high)
-
-    def title(self) -> str:
-        return f"{self.method}, N={self.n} ({self.selection})"
-
-
-# --- reading and writing evaluation directories -----------------------------------------------
-
-
-def save_evaluation(directory: str | Path, rows: pl.DataFrame, summary: EvaluationSummary) -> Path:
-    """Write one evaluation directory (rows.parquet, summary.json, meta.json)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    partial_rows = directory / f".{ROWS_FILE}.partial"
-    rows.write_parquet(partial_rows)
-    os.replace(partial_rows, directory / ROWS_FILE)
-    write_atomically(directory / SUMMARY_FILE, json.dumps(summary.metrics, indent=1).encode())
-    meta = {"kind": META_KIND, "method": summary.method, "dataset": summary.dataset, "n": summary.n,
-            "selection": summary.selection, "turns": summary.turns, "searches": summary.searches,
-            "details": summary.details}
-    # meta.json last: its presence marks a complete evaluation directory.
-    write_atomically(directory / META_FILE, json.dumps(meta, indent=1).encode())
-    return directory
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ReportError(f"{path}: unreadable JSON ({error}); rerun the evaluation that wrote it") from None
-
-
-def load_evaluation(directory: str | Path, label: str = "") -> EvaluationSummary:
-    directory = Path(directory)
-    meta = _read_json(directory / META_FILE)
-    if not isinstance(meta, dict) or meta.get("kind") != META_KIND:
-        raise ReportError(f"{directory / META_FILE} is not a mucode evaluation meta.json")
-    metrics = _read_json(directory / SUMMARY_FILE)
-    try:
-        return EvaluationSummary(
-            method=str(meta["method"]), dataset=str(meta["dataset"]), n=int(meta["n"]),
-            selection=str(meta["selection"]), turns=int(meta["turns"]), searches=int(meta["searches"]),
-            metrics={str(name): float(value) for name, value in metrics.items()},
-            details=dict(meta.get("details", {})), label=label or directory.name,
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ReportError(f"{directory}: malformed meta.json or summary.json ({error!r}); rerun its evaluation") from None
-
-
-def _is_evaluation_dir(directory: Path) -> bool:
-    meta = directory / META_FILE
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("kind") == META_KIND
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-
-
-def load_evaluations(run_dir: str | Path) -> list[EvaluationSummary]:
-    """Every evaluation directory under `run_dir` (itself included), in path order."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise ReportError(f"run directory {root} does not exist: pass the --out directory of mucode evaluate")
-    found = sorted(path.parent for path in root.rglob(SUMMARY_FILE) if _is_evaluation_dir(path.parent))
-    return [load_evaluation(directory, label=directory.relative_to(root).as_posix()) for directory in found]
 
 
 # --- the Table 1 layout -----------------------------------------------------------------------
@@ -372,58 +261,3 @@ def build_report(run_dir: str | Path) -> Path:
     if not summaries:
         raise ReportError(f"no evaluations under {run_dir}: expected <dir>/summary.json + meta.json from mucode evaluate")
     return write_report(summaries, run_dir, source=str(run_dir))
-
-
-# --- Prefect artifacts -------------------------------------------------------------------------------
-
-
-def png_data_uri(path: str | Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def inline_images(markdown: str, base_dir: Path) -> str:
-    """Replace links to local PNGs by data: URIs, so the Prefect UI shows them without a file server."""
-    def replace(match: re.Match[str]) -> str:
-        image = base_dir / match.group(2)
-        return f"![{match.group(1)}]({png_data_uri(image)})" if image.is_file() else match.group(0)
-
-    return _IMAGE_LINK.sub(replace, markdown)
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower())).strip("-")
-
-
-def in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def publish_report_artifacts(report_dir: str | Path, key_prefix: str = "mucode") -> list[UUID]:
-    """Publish the Table 1 table, the report (images inlined) and each PNG as Prefect artifacts.
-
-    Does nothing (returns []) outside a Prefect flow or task run, so plain CLI runs never start
-    a Prefect server. Build the report first (`build_report`).
-    """
-    if not in_prefect_run():
-        return []
-    from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
-
-    directory = Path(report_dir)
-    report = directory / REPORT_FILE
-    if not report.is_file():
-        raise ReportError(f"{report} does not exist: call build_report({str(directory)!r}) first")
-    summaries = load_evaluations(directory)
-    created = [
-        create_table_artifact(table=table_records(summaries), key=artifact_key(key_prefix, "table1"),
-                              description="BoN@T (%) [95% CI] by method and dataset"),
-        create_markdown_artifact(markdown=inline_images(report.read_text(), directory),
-                                 key=artifact_key(key_prefix, "report"), description="µCode evaluation report"),
-    ]
-    for image in (directory / CURVES_FILE, directory / SCALING_FILE):
-        if image.is_file():
-            created.append(create_image_artifact(image_url=png_data_uri(image), key=artifact_key(key_prefix, image.stem),
-                                                 description=image.name))
-    return created

@@ -59,7 +59,8 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
         titled, unique_solves)
-    from mucode.report import in_prefect_run, inline_images, plot_turn_curves, publish_report_artifacts, write_report
+    from mucode.publish import publish_markdown, publish_report_artifacts
+    from mucode.report import plot_turn_curves, write_report
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
@@ -82,12 +83,8 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
                                 only_solved=unique_solves(summaries, rows, cfg.iterations))
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())
-    if in_prefect_run():
-        from prefect.artifacts import create_markdown_artifact
-
-        publish_report_artifacts(out)
-        create_markdown_artifact(markdown=inline_images(markdown, out), key=artifact_key(cfg.name, "compare"),
-                                 description="µCode against its baselines")
+    publish_report_artifacts(out)
+    publish_markdown(markdown, out, key=artifact_key(cfg.name, "compare"), description="µCode against its baselines")
     return str(path)
 
 

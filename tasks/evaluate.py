@@ -12,7 +12,7 @@
   with bootstrap 95% intervals over problems as `<metric>.ci_low` / `<metric>.ci_high`.
 - `evaluate_to_dir`: what `mucode evaluate` calls: load problems, model, sandbox and
   verifier, run the search (and the inference-time-scaling runs over N), write the
-  evaluation directories and the report (layout in `mucode.report`). The rows are
+  evaluation directories and the report (layout in `mucode.evaluation_dirs`). The rows are
   checkpointed after every turn (`mucode.eval_checkpoint`): rerun the same command after
   an interruption and it resumes at the last finished turn (`replay_turns`).
 
@@ -570,7 +570,8 @@ def evaluate_to_dir(
 
     from mucode.data import load_problems
     from mucode.models import resolve_model
-    from mucode.report import EvaluationSummary, build_report, save_evaluation
+    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
+    from mucode.report import build_report
     from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
 
     problems = load_problems(dataset, cfg.data.eval_split, data_dir=cfg.data.data_dir,

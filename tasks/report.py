@@ -22,7 +22,7 @@ def evaluation_label(manifest: dict) -> str:
 
 def lay_out_evaluations(store, evaluations, out: Path) -> list:
     """Write each evaluation artifact as an evaluation directory `out/eval/<label>`; (summary, rows) of each."""
-    from mucode.report import EvaluationSummary, save_evaluation
+    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
 
     laid_out = []
     for evaluation in evaluations:
@@ -41,14 +41,14 @@ def lay_out_evaluations(store, evaluations, out: Path) -> list:
 def report_stage(cfg, root: str, evaluations) -> str:
     """Store-level stage: lay out the evaluations and write the report; returns report.md's path."""
     from mucode.artifacts import ArtifactStore
-    from mucode.report import in_prefect_run, publish_report_artifacts, write_report
+    from mucode.publish import publish_report_artifacts
+    from mucode.report import write_report
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
     summaries = [summary for summary, _ in lay_out_evaluations(store, evaluations, out)]
     report = write_report(summaries, out, source=root)
-    if in_prefect_run():
-        publish_report_artifacts(out)
+    publish_report_artifacts(out)
     return str(report)
 
 

@@ -563,7 +563,8 @@ def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrai
     from mucode.data import load_problems
     from mucode.engines import make_engine
     from mucode.models import resolve_model
-    from mucode.report import EvaluationSummary, build_report, save_evaluation
+    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
+    from mucode.report import build_report
     from mucode.sandbox import make_sandbox
     from mucode.tasks.verifier import VerifierScorer
 

@@ -10,19 +10,15 @@ import polars as pl
 import pytest
 from matplotlib.figure import Figure
 
+from mucode.evaluation_dirs import EvaluationSummary, ReportError, load_evaluations, save_evaluation
+from mucode.orchestration import artifact_key
+from mucode.publish import inline_images, publish_report_artifacts
 from mucode.report import (
     CURVES_FILE,
     REPORT_FILE,
     SCALING_FILE,
-    EvaluationSummary,
-    ReportError,
-    artifact_key,
     build_report,
-    inline_images,
-    load_evaluations,
     percent_axis_top,
-    publish_report_artifacts,
-    save_evaluation,
     scaling_groups,
     set_percent_ylim,
     table_records,
