@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (the main job on the embedded default) and
-# `make test` (the whole suite). Both create .venv and install the project first.
+# `make test` (every test but the slow model runs). Both create .venv and install the project first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MUCODE_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export MUCODE_DATA_DIR
 
-.PHONY: install demo compare test test-fast bench ui clean-runs
+.PHONY: install demo compare test test-fast test-slow bench ui clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,16 @@ demo: install
 compare: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.compare --config configs/compare-cpu.yaml
 
+# Unit, sandbox (both backends) and server tests; the slow ones (real models, whole flows) are
+# `make test-slow`, which CI runs once after this.
 test: install
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -m "not slow"
 
 test-fast: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -m "not slow and not docker and not server"
+
+test-slow: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -m slow
 
 bench: install
 	$(PY) bench/sandbox.py
