@@ -109,7 +109,7 @@ def _rollout(config: Path, out: Path, model_name: str | None, split: str | None,
     from mucode.data import load_problems
     from mucode.models import model_fingerprint, resolve_model
     from mucode.progress import rollout_progress
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
     from mucode.tasks.rollout import run_rollouts, summarize_rollouts
 
     cfg = load_config(config, overrides)

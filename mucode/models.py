@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mucode.memory import keep_freed_memory
+from mucode.freed_memory import keep_freed_memory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -140,7 +140,7 @@ def default_cache_dir() -> Path:
 
 def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     """Turn a model name into a local directory or a hub id (see the module docstring)."""
-    keep_freed_memory()  # every model load passes here; see mucode/memory.py
+    keep_freed_memory()  # every model load passes here; see mucode/freed_memory.py
     if name.startswith(BUNDLED_PREFIX):
         bundled_name = name[len(BUNDLED_PREFIX) :]
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

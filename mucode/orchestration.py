@@ -41,7 +41,7 @@ from prefect.results import ResultStore
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
-from mucode.memory import return_freed_memory
+from mucode.freed_memory import return_freed_memory
 from mucode.peak_rss import gib, peak_rss_bytes, reset_peak_rss
 from mucode.run_summary import note_stage_outcome
 

@@ -572,7 +572,7 @@ def evaluate_to_dir(
     from mucode.models import resolve_model
     from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
     from mucode.report import build_report
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
 
     problems = load_problems(dataset, cfg.data.eval_split, data_dir=cfg.data.data_dir,
                              limit=limit or cfg.data.eval_limit)
@@ -648,7 +648,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     import time
 
     from mucode.artifacts import ArtifactStore
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
 
     check_selection(selection, has_verifier=verifier is not None)
     store = ArtifactStore(root)

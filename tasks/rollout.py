@@ -194,7 +194,7 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     """Store-level stage: roll out `generator` (None = the base model) on stored problems."""
     from mucode.artifacts import ArtifactStore
     from mucode.progress import rollout_progress
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
 
     store = ArtifactStore(root)
     frame = store.get_frame(problems)
