@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from mucode.engines.chat import end_of_turn_texts, require_chat_template, stop_token_ids
 from mucode.freed_memory import keep_freed_memory
+from mucode.hashing import file_sha256, sha256_hex
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -457,7 +458,7 @@ class ResolvedModel:
         """
         model_dir = Path(self.path)
         if not model_dir.is_dir():
-            return hashlib.sha256(f"hub:{self.path}".encode()).hexdigest()
+            return sha256_hex(f"hub:{self.path}")
         digest = hashlib.sha256()
         for file in fingerprinted_files(model_dir):
             digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
@@ -506,10 +507,3 @@ def fingerprinted_files(model_dir: Path) -> list[Path]:
     return sorted(weights + small, key=lambda file: file.name)
 
 
-def file_sha256(file: Path, chunk_bytes: int = 1 << 22) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()

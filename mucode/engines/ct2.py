@@ -48,6 +48,7 @@ from mucode.engines.batching import cut_at_stop
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams
+from mucode.hashing import sha256_hex
 from mucode.models import CACHE_MARKER, ResolvedModel, build_once, default_cache_dir, resolve
 
 CT2_MISSING = "the ct2 engine needs CTranslate2: pip install ctranslate2==4.8.5"
@@ -68,7 +69,7 @@ def stored_weights(compute_type: str) -> str:
 
 def conversion_key(fingerprint: str, weights: str, ct2_version: str) -> str:
     """The cache directory name of one conversion: what went in and which converter ran."""
-    converter = hashlib.sha256(f"{weights}\0{ct2_version}".encode()).hexdigest()[:8]
+    converter = sha256_hex(f"{weights}\0{ct2_version}")[:8]
     return f"{fingerprint[:24]}-{weights}-{converter}"
 
 
