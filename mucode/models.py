@@ -433,10 +433,13 @@ class ResolvedModel:
         return self.load_tokenizer("left")
 
     @functools.cached_property
-    def chat_template(self) -> str:
-        """The tokenizer's chat template; one line (MissingChatTemplateError) when it has none."""
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or None
+
+    def require_chat_template(self) -> str:
+        """The chat template; one line (``MissingChatTemplateError``) when the model has none."""
         require_chat_template(self.tokenizer, self.name)
-        return str(self.tokenizer.chat_template)
+        return str(self.chat_template)
 
     @functools.cached_property
     def stop_ids(self) -> list[int]:

@@ -133,7 +133,7 @@ class CT2Engine(BatchedEngine):
         self.batch_size = batch_size
         resolved = resolve(model, cache_dir)
         self.tokenizer = resolved.tokenizer
-        resolved.chat_template  # fail in one line before converting
+        resolved.require_chat_template()  # fail in one line before converting
         cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.converted = ensure_converted(resolved, stored_weights(compute_type), cache_root)
         self.compute_type = compute_type

@@ -63,7 +63,7 @@ class HFEngine(BatchedEngine):
         self.share_prefill = share_prefill
         resolved = resolve(model)
         self.tokenizer = resolved.tokenizer
-        resolved.chat_template  # fail in one line before loading the weights
+        resolved.require_chat_template()  # fail in one line before loading the weights
         self.model = resolved.load_causal_lm(dtype=dtype, device=self.device)
         self.stop_ids = resolved.stop_ids
         self.pad_id = int(self.tokenizer.pad_token_id)

@@ -79,7 +79,7 @@ class ServerEngine(Engine):
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         resolved = resolve(model)
         self.tokenizer = resolved.tokenizer
-        resolved.chat_template  # fail in one line before waiting for the server
+        resolved.require_chat_template()  # fail in one line before waiting for the server
         self.stop_texts = resolved.stop_texts
         self.base_url = base_url.rstrip("/")
         self.name = name
