@@ -2,9 +2,9 @@
 
 `run_iteration` wires one iteration i: problems → rollout (generator of iteration i-1, the
 base model at i=1) → execute → aggregate (with the previous aggregate) → verifier →
-relabel → finetune, and records it in the experiment's state file. `mucode-train` (and a
-future `mucode-compare`, one call per arm on a shared experiment directory) reuse it. Wiring
-only: the stages live in tasks/, caching and retries in mucode.orchestration.
+relabel → finetune, and records it in the experiment's state file. `mucode-train` and
+`mucode-compare` (through `train_arm`, one arm after another on a shared experiment directory)
+reuse it. Wiring only: the stages live in tasks/, caching and retries in mucode.orchestration.
 """
 
 from __future__ import annotations

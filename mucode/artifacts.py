@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import hashlib
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 import polars as pl
 
 from mucode.code_digest import current_code
+from mucode.hashing import sha256_hex, stream_sha256
 
 HASH_CHARS = 20  # hex digits of sha256 kept in names: 80 bits, collisions not a concern
 
@@ -78,17 +78,6 @@ def code_version() -> str:
             return version("mucode")
         except PackageNotFoundError:
             return "unknown"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_stream(stream) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 def frame_to_parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -175,7 +164,7 @@ class ArtifactStore:
     def put_frame(self, frame: pl.DataFrame, *, stage: str, config_hash: str = "",
                   inputs: list[str] | None = None, extra: dict | None = None) -> Artifact:
         data = frame_to_parquet_bytes(frame)
-        digest = sha256_bytes(data)
+        digest = sha256_hex(data)
         path = self._frame_path(stage, digest)
         if not self._frame_matches(path, digest):
             self._atomic_write(path, data)
@@ -191,7 +180,7 @@ class ArtifactStore:
         if not source.is_dir():
             raise ArtifactError(f"cannot store {source}: not a directory")
         files = directory_file_hashes(source)
-        digest = sha256_bytes(json.dumps(files, sort_keys=True).encode())
+        digest = sha256_hex(json.dumps(files, sort_keys=True))
         path = self._dir_path(stage, digest)
         if not self._dir_matches(path, files):
             self._copy_dir_atomically(source, path)
@@ -225,7 +214,7 @@ class ArtifactStore:
         if not self.fs.exists(path):
             return False
         with self.fs.open(path, "rb") as handle:
-            return _sha256_stream(handle) == digest
+            return stream_sha256(handle) == digest
 
     def _dir_matches(self, path: str, files: dict[str, str]) -> bool:
         if not self.fs.exists(path):
@@ -239,7 +228,7 @@ class ArtifactStore:
     def _local_dir(self, path: str) -> str:
         if self.is_local:
             return path
-        cache = Path(tempfile.gettempdir()) / "mucode-artifacts" / sha256_bytes(path.encode())[:16]
+        cache = Path(tempfile.gettempdir()) / "mucode-artifacts" / sha256_hex(path)[:16]
         if not cache.exists():
             staging = cache.with_name(cache.name + f".tmp-{uuid.uuid4().hex}")
             self.fs.get(path, str(staging), recursive=True)
@@ -273,7 +262,7 @@ class ArtifactStore:
         path, manifest = self._resolve(ref)
         with self.fs.open(path, "rb") as handle:
             data = handle.read()
-        if sha256_bytes(data) != manifest["sha256"]:
+        if sha256_hex(data) != manifest["sha256"]:
             raise CorruptArtifactError(f"artifact {path} is corrupt (content hash mismatch): delete it and re-run its stage")
         return pl.read_parquet(io.BytesIO(data))
 
@@ -327,6 +316,6 @@ def directory_file_hashes(directory: Path) -> dict[str, str]:
         relative = file.relative_to(directory).as_posix()
         if file.is_file() and not any(part.startswith(".") for part in relative.split("/")):
             with file.open("rb") as handle:
-                hashes[relative] = _sha256_stream(handle)
+                hashes[relative] = stream_sha256(handle)
     return hashes
 

@@ -107,9 +107,9 @@ def _rollout(config: Path, out: Path, model_name: str | None, split: str | None,
              overrides: list[str]) -> None:
     from mucode.config import load_config
     from mucode.data import load_problems
-    from mucode.models import model_fingerprint, resolve_model
+    from mucode.models import resolve
     from mucode.progress import rollout_progress
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
     from mucode.tasks.rollout import run_rollouts, summarize_rollouts
 
     cfg = load_config(config, overrides)
@@ -117,12 +117,12 @@ def _rollout(config: Path, out: Path, model_name: str | None, split: str | None,
                              limit=limit or cfg.data.train_limit,
                              sample=None if split else cfg.data.train_sample,  # the draw is of the training split
                              sample_seed=cfg.data.train_sample_seed)
-    path = resolve_model(model_name or cfg.model.name)
-    with make_engine_from_config(cfg, path) as engine, make_sandbox_from_config(cfg) as sandbox, \
+    model = resolve(model_name or cfg.model.name)
+    with make_engine_from_config(cfg, model) as engine, make_sandbox_from_config(cfg) as sandbox, \
             rollout_progress(problems.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:
         frame = run_rollouts(problems, engine, sandbox, num_rollouts=cfg.rollout.num_rollouts,
                              max_turns=cfg.rollout.max_turns, sampling=sampling_params(cfg.rollout.sampling, cfg.seed),
-                             generator_hash=model_fingerprint(path), chunk_size=4 * cfg.engine.batch_size,
+                             generator_hash=model.content_hash, chunk_size=4 * cfg.engine.batch_size,
                              progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out)

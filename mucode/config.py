@@ -8,13 +8,14 @@ settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mucode.hashing import json_digest
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
 Policy = Literal["mucode", "rft", "oracle", "mucode-r", "single-turn-rft"]
@@ -218,14 +219,12 @@ class Config(Section):
 
     def digest(self) -> str:
         """A stable hash of the settings (cache keys, manifests)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return json_digest(self.model_dump(mode="json"))
 
     def section_digest(self, *names: str) -> str:
         """A stable hash of only the named sections, so a stage's cache key ignores the rest."""
         dumped = self.model_dump(mode="json")
-        canonical = json.dumps({name: dumped[name] for name in names}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return json_digest({name: dumped[name] for name in names})
 
 
 def _error_line(error: ValidationError, source: str) -> str:

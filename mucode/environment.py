@@ -47,9 +47,6 @@ class Trajectory:
     rollout_id: int
     conversation: list[Message]
     answers: list[str] = field(default_factory=list)
-    public_passed: list[bool] = field(default_factory=list)
-    private_passed: list[bool] = field(default_factory=list)
-    feedback: list[str] = field(default_factory=list)
     finished: bool = False
 
     @property

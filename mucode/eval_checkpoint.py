@@ -12,9 +12,7 @@ This module only stores and finds rows; replaying them is `tasks.evaluate.replay
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,14 @@ from typing import Any
 import polars as pl
 
 from mucode.artifacts import write_atomically
+from mucode.hashing import SHORT_DIGEST_CHARS, json_digest, sha256_hex
 
 PREFIX = ".turns"
 
 
 def checkpoint_key(settings: dict[str, Any]) -> str:
     """A short digest of the settings (JSON-able values; others by their str)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(settings)
 
 
 def files_fingerprint(path: str | Path) -> list[tuple[str, int, int]] | str:
@@ -44,7 +42,7 @@ def files_fingerprint(path: str | Path) -> list[tuple[str, int, int]] | str:
 
 def problems_digest(problems: pl.DataFrame) -> str:
     """A digest of the problems' content, in their order."""
-    return hashlib.sha256(problems.write_csv().encode()).hexdigest()[:16]
+    return sha256_hex(problems.write_csv())[:SHORT_DIGEST_CHARS]
 
 
 def checkpoint_path(out: Path, n: int, key: str) -> Path:

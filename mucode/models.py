@@ -12,6 +12,10 @@ A model name is one of three things:
 * anything else that looks like ``org/name``: a hub id, returned unchanged (downloads
   happen on the user's machine, inside transformers).
 
+``resolve(name)`` does this once and returns a ``ResolvedModel``: the path, and the
+tokenizer, chat template, stop ids and content hash read from it on first use. Stages
+resolve their model once and hand that object to the engines and trainers.
+
 The cache lives in ``<cache_dir>/<name>``; ``cache_dir`` defaults to
 ``$MUCODE_CACHE/models`` and otherwise ``~/.cache/mucode/models``.
 
@@ -23,6 +27,7 @@ model stays fast.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -37,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mucode.memory import keep_freed_memory
+from mucode.engines.chat import end_of_turn_texts, require_chat_template, stop_token_ids
+from mucode.freed_memory import keep_freed_memory
+from mucode.hashing import file_sha256, sha256_hex
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -140,7 +147,7 @@ def default_cache_dir() -> Path:
 
 def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     """Turn a model name into a local directory or a hub id (see the module docstring)."""
-    keep_freed_memory()  # every model load passes here; see mucode/memory.py
+    keep_freed_memory()  # every model load passes here; see mucode/freed_memory.py
     if name.startswith(BUNDLED_PREFIX):
         bundled_name = name[len(BUNDLED_PREFIX) :]
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -378,32 +385,12 @@ def torch_dtype(dtype: str, device: str) -> Any:
 
 def load_causal_lm(path: str, dtype: str = "auto", device: str | None = None) -> PreTrainedModel:
     """Load a causal LM (any name ``resolve_model`` accepts) in eval mode on ``device``."""
-    from transformers import AutoModelForCausalLM
-
-    resolved = resolve_model(path)
-    target = device or default_device()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype(dtype, target))
-    except OSError as error:
-        raise ModelNotFoundError(f"cannot load model {path}: {first_line(error)}; {MODEL_NAME_HINT}") from error
-    return model.to(target).eval()
+    return resolve(path).load_causal_lm(dtype, device)
 
 
 def load_tokenizer(path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
     """Load a tokenizer with a pad token (the eos token when the model defines none)."""
-    from transformers import AutoTokenizer
-
-    resolved = resolve_model(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-    except (OSError, ValueError) as error:  # ValueError: a directory without tokenizer files
-        raise ModelNotFoundError(
-            f"cannot load tokenizer {path}: {first_line(error)}; {MODEL_NAME_HINT}"
-        ) from error
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return resolve(path).load_tokenizer(padding_side)
 
 
 def first_line(error: BaseException) -> str:
@@ -413,20 +400,107 @@ def first_line(error: BaseException) -> str:
 
 
 def model_fingerprint(path: str) -> str:
-    """A stable content hash of a model: weights, config, tokenizer and chat template.
+    """A stable content hash of a model (``ResolvedModel.content_hash``)."""
+    return resolve(path).content_hash
 
-    Used as the generator's artifact hash. A local directory hashes the sha256 of each
-    ``*.safetensors`` file and of the small files that change generations; a hub id
-    hashes the id itself (its content is not visible offline).
+
+def generation_eos(path: str) -> int | list[int] | None:
+    """The ``eos_token_id`` transformers' ``generate`` uses for a model: its generation
+    config's, or (without one) the model config's."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: transformers derives one from config.json
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(path)).eos_token_id
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model resolved once: the name it was given, where it lies, and what engines and
+    trainers read from it.
+
+    ``tokenizer`` (left-padded, for generation), ``chat_template``, ``stop_ids``,
+    ``stop_texts`` and ``content_hash`` load or compute on first use and are kept, so an
+    engine that asks for all of them reads the model's files once.
     """
-    resolved = resolve_model(path)
-    model_dir = Path(resolved)
-    if not model_dir.is_dir():
-        return hashlib.sha256(f"hub:{resolved}".encode()).hexdigest()
-    digest = hashlib.sha256()
-    for file in fingerprinted_files(model_dir):
-        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
-    return digest.hexdigest()
+
+    name: str
+    path: str  # a local model directory or a hub id
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.load_tokenizer("left")
+
+    @functools.cached_property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or None
+
+    def require_chat_template(self) -> str:
+        """The chat template; one line (``MissingChatTemplateError``) when the model has none."""
+        require_chat_template(self.tokenizer, self.name)
+        return str(self.chat_template)
+
+    @functools.cached_property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a reply (``mucode.engines.chat.stop_token_ids``)."""
+        return stop_token_ids(self.tokenizer, generation_eos(self.path))
+
+    @functools.cached_property
+    def stop_texts(self) -> list[str]:
+        """The same stops as text, for servers that take text stops."""
+        return end_of_turn_texts(self.tokenizer)
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """A stable content hash: weights, config, tokenizer and chat template.
+
+        Used as the generator's artifact hash and the ct2 conversion key. A local directory
+        hashes the sha256 of each ``*.safetensors`` file and of the small files that change
+        generations; a hub id hashes the id itself (its content is not visible offline).
+        """
+        model_dir = Path(self.path)
+        if not model_dir.is_dir():
+            return sha256_hex(f"hub:{self.path}")
+        digest = hashlib.sha256()
+        for file in fingerprinted_files(model_dir):
+            digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+        return digest.hexdigest()
+
+    def load_tokenizer(self, padding_side: str) -> PreTrainedTokenizerBase:
+        """A new tokenizer with a pad token (the eos token when the model defines none);
+        trainers pad on the right, generation on the left."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError) as error:  # ValueError: a directory without tokenizer files
+            raise ModelNotFoundError(
+                f"cannot load tokenizer {self.name}: {first_line(error)}; {MODEL_NAME_HINT}"
+            ) from error
+        tokenizer.padding_side = padding_side
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def load_causal_lm(self, dtype: str = "auto", device: str | None = None) -> PreTrainedModel:
+        """The causal LM in eval mode on ``device`` (default: ``default_device()``)."""
+        from transformers import AutoModelForCausalLM
+
+        target = device or default_device()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype(dtype, target))
+        except OSError as error:
+            raise ModelNotFoundError(f"cannot load model {self.name}: {first_line(error)}; {MODEL_NAME_HINT}") from error
+        return model.to(target).eval()
+
+
+def resolve(model: str | ResolvedModel, cache_dir: str | Path | None = None) -> ResolvedModel:
+    """``model`` resolved (``resolve_model``) into a ``ResolvedModel``; one already resolved is
+    returned as it is."""
+    if isinstance(model, ResolvedModel):
+        return model
+    return ResolvedModel(name=model, path=resolve_model(model, cache_dir))
 
 
 def fingerprinted_files(model_dir: Path) -> list[Path]:
@@ -436,10 +510,3 @@ def fingerprinted_files(model_dir: Path) -> list[Path]:
     return sorted(weights + small, key=lambda file: file.name)
 
 
-def file_sha256(file: Path, chunk_bytes: int = 1 << 22) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import functools
-import hashlib
 import inspect
 import json
 import multiprocessing
@@ -41,7 +40,8 @@ from prefect.results import ResultStore
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
-from mucode.memory import return_freed_memory
+from mucode.freed_memory import return_freed_memory
+from mucode.hashing import sha256_hex
 from mucode.peak_rss import gib, peak_rss_bytes, reset_peak_rss
 from mucode.run_summary import note_stage_outcome
 
@@ -126,7 +126,7 @@ class StageCachePolicy(CachePolicy):
                                                  flow_parameters=flow_parameters, **kwargs)
         if key is not None and self.code_module is not None:
             # TASK_SOURCE sees the stage function only; the code digest covers all it calls.
-            key = hashlib.sha256(f"{key}:{stage_code(self.code_module).digest}".encode()).hexdigest()
+            key = sha256_hex(f"{key}:{stage_code(self.code_module).digest}")
         if key is not None and task_ctx is not None and "root" in (inputs or {}):
             if expire_stale_record(task_ctx.result_store, key, str(inputs["root"])):
                 get_run_logger().warning(

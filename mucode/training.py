@@ -270,7 +270,7 @@ def release_memory() -> None:
     """Free what a finished trainer held before the main process loads the saved model again."""
     import torch
 
-    from mucode.memory import return_freed_memory
+    from mucode.freed_memory import return_freed_memory
 
     return_freed_memory()
     if torch.cuda.is_available():

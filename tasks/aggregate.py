@@ -3,7 +3,8 @@
 µCode trains the verifier and the generator on everything seen so far (D = D ∪ rollouts).
 This module appends one iteration's labelled rollouts to the previous aggregate, tags
 them with the iteration number, and drops exact repeats of a turn, keeping the earliest.
-It does not read or write artifacts and does not look at what the turns contain.
+`aggregate` works on frames; `aggregate_stage` reads and writes them as artifacts. Neither
+looks at what the turns contain.
 """
 
 from __future__ import annotations

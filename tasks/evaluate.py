@@ -569,10 +569,10 @@ def evaluate_to_dir(
     plan = scaling_plan(n, scaling_ns)
 
     from mucode.data import load_problems
-    from mucode.models import resolve_model
+    from mucode.models import resolve
     from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
     from mucode.report import build_report
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
 
     problems = load_problems(dataset, cfg.data.eval_split, data_dir=cfg.data.data_dir,
                              limit=limit or cfg.data.eval_limit)
@@ -587,8 +587,9 @@ def evaluate_to_dir(
         from mucode.tasks.verifier import VerifierScorer
 
         scorer = VerifierScorer(verifier, batch_size=cfg.verifier.batch_size, max_length=cfg.verifier.max_length)
-    generator_path = resolve_model(generator)
-    with make_engine_from_config(cfg, generator_path) as engine, make_sandbox_from_config(cfg) as sandbox:
+    resolved = resolve(generator)
+    generator_path = resolved.path
+    with make_engine_from_config(cfg, resolved) as engine, make_sandbox_from_config(cfg) as sandbox:
         for index, value in enumerate(plan):
             started = time.perf_counter()
             settings = {"generator": files_fingerprint(generator_path),
@@ -648,7 +649,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     import time
 
     from mucode.artifacts import ArtifactStore
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, generator_model, model_hash, sampling_params
 
     check_selection(selection, has_verifier=verifier is not None)
     store = ArtifactStore(root)
@@ -660,7 +661,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
         scorer = VerifierScorer(store.get_dir(verifier), batch_size=cfg.verifier.batch_size,
                                 max_length=cfg.verifier.max_length)
     started = time.perf_counter()
-    with make_engine_from_config(cfg, model_path(cfg, store, generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
+    with make_engine_from_config(cfg, generator_model(cfg, store, generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
         rows = run_search(frame, engine, sandbox, scorer, n=n, turns=cfg.evaluation.turns,
                           searches=cfg.evaluation.searches, selection=selection,
                           sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed,

@@ -87,7 +87,7 @@ def run_on_cluster(cfg, programs):
 def execute_stage(cfg, root: str, rollouts, problems):
     """Store-level stage: label stored rollouts against stored problems."""
     from mucode.artifacts import ArtifactStore
-    from mucode.resources import make_sandbox_from_config
+    from mucode.stage_resources import make_sandbox_from_config
 
     store = ArtifactStore(root)
     frame, problem_frame = store.get_frame(rollouts), store.get_frame(problems)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from mucode.config import ComputeConfig, FinetuneConfig
+from mucode.models import ResolvedModel, resolve
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
                              merge_saved_adapter, per_device_batch_size, release_memory, run_training,
                              save_trained_model, trainer_arguments, trainable_model, write_metrics)
@@ -129,50 +130,46 @@ def sft_config(cfg: FinetuneConfig, compute: ComputeConfig, out_dir: str, seed: 
     )
 
 
-def build_sft_trainer(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str,
+def build_sft_trainer(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str | ResolvedModel,
                       examples: list[dict[str, list[int]]], out_dir: str, seed: int):
     """TRL's SFTTrainer over tokenised examples, on a fresh fp32 copy of the base model (LoRA-wrapped if asked)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from mucode.models import load_tokenizer
-
+    base = resolve(base_model)
     # Config first: under DeepSpeed ZeRO-3 it makes from_pretrained shard while loading.
     args = sft_config(cfg, compute, out_dir, seed)
     set_seed(seed)
-    model = trainable_model(load_causal_lm(base_model), cfg.method, cfg.lora, cfg.train_top_layers, "CAUSAL_LM")
+    model = trainable_model(load_causal_lm(base), cfg.method, cfg.lora, cfg.train_top_layers, "CAUSAL_LM")
     return SFTTrainer(model=model, args=args,
                       train_dataset=Dataset.from_list(examples),
-                      processing_class=load_tokenizer(base_model, padding_side="right"))
+                      processing_class=base.load_tokenizer(padding_side="right"))
 
 
 # ---------------------------------------------------------------- training
 
-def finetune(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: pl.DataFrame, out_dir: str,
+def finetune(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str | ResolvedModel, sft: pl.DataFrame, out_dir: str,
              seed: int = 0) -> dict[str, Any]:
     """Fine-tune the base model on `sft` and save it to `out_dir`; return the metrics.
 
     In this process on CPU; under `accelerate launch` when `compute.num_gpus` > 0.
     """
-    from mucode.models import resolve_model
-
     check_sft(sft)
     per_device_batch_size(cfg.batch_size, compute, cfg.gradient_accumulation_steps)  # fail before launching
-    base = resolve_model(base_model)
-    options = launch_options("finetune", cfg, compute, base, out_dir, seed)
+    base = resolve(base_model)
+    options = launch_options("finetune", cfg, compute, base.path, out_dir, seed)
     return run_training("finetune", compute, lambda: run_sft(cfg, compute, base, sft, out_dir, seed),
                         {"sft": sft}, options)
 
 
-def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: pl.DataFrame, out_dir: str,
+def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str | ResolvedModel, sft: pl.DataFrame, out_dir: str,
             seed: int) -> dict[str, Any]:
     """Train in this process (what each accelerate rank runs) and save a plain model directory."""
-    from mucode.models import load_tokenizer
-
-    tokenizer = load_tokenizer(base_model, padding_side="right")
+    base = resolve(base_model)
+    tokenizer = base.load_tokenizer(padding_side="right")
     examples, counts = tokenize_sft(tokenizer, sft, cfg.max_length)
-    trainer = build_sft_trainer(cfg, compute, base_model, examples, out_dir, seed)
+    trainer = build_sft_trainer(cfg, compute, base, examples, out_dir, seed)
     result = trainer.train()
     trainer.model.config.use_cache = True  # the Trainer switched it off for training; generation wants it
     save_trained_model(trainer, cfg.method, out_dir)
@@ -187,20 +184,18 @@ def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str, sft: p
     release_memory()
     if is_main_process():
         if cfg.method == "lora":
-            merge_saved_adapter(lambda: load_causal_lm(base_model), out_dir)
+            merge_saved_adapter(lambda: load_causal_lm(base), out_dir)
         drop_trainer_state(out_dir)
         tokenizer.save_pretrained(out_dir)
     return metrics
 
 
-def load_causal_lm(base_model: str):
+def load_causal_lm(base_model: str | ResolvedModel):
     """A fresh fp32 copy of the base model (mixed precision is the trainer's job)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mucode.models import resolve_model
-
-    return AutoModelForCausalLM.from_pretrained(resolve_model(base_model), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(resolve(base_model).path, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- entry point (what accelerate launches)

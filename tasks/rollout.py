@@ -194,13 +194,13 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     """Store-level stage: roll out `generator` (None = the base model) on stored problems."""
     from mucode.artifacts import ArtifactStore
     from mucode.progress import rollout_progress
-    from mucode.resources import make_engine_from_config, make_sandbox_from_config, model_hash, model_path, sampling_params
+    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, generator_model, model_hash, sampling_params
 
     store = ArtifactStore(root)
     frame = store.get_frame(problems)
     generator_hash = model_hash(cfg, generator)
     sampling = sampling_params(cfg.rollout.sampling, seed=cfg.seed * 100 + iteration)
-    with make_engine_from_config(cfg, model_path(cfg, store, generator)) as engine, \
+    with make_engine_from_config(cfg, generator_model(cfg, store, generator)) as engine, \
             make_sandbox_from_config(cfg) as sandbox, \
             rollout_progress(frame.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:
         rollouts = run_rollouts(frame, engine, sandbox, num_rollouts=cfg.rollout.num_rollouts,

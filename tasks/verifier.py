@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from mucode.models import ResolvedModel
+
 AGGREGATE_COLUMNS = ("task_id", "response", "final", "oracle_passed")
 PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests")
 
@@ -289,15 +291,15 @@ def labelled_collator(pad_token_id: int):
     return collate
 
 
-def load_sequence_classifier(base_model: str, pad_token_id: int, seed: int) -> PreTrainedModel:
+def load_sequence_classifier(base_model: str | ResolvedModel, pad_token_id: int, seed: int) -> PreTrainedModel:
     """A fresh one-logit head on the base model (fp32: mixed precision is the trainer's job)."""
     import torch
     from transformers import AutoModelForSequenceClassification, set_seed
 
-    from mucode.models import resolve_model
+    from mucode.models import resolve
 
     set_seed(seed)  # the new head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(base_model), num_labels=1,
+    model = AutoModelForSequenceClassification.from_pretrained(resolve(base_model).path, num_labels=1,
                                                                dtype=torch.float32)
     # The head reads the last non-pad token, so the model must know the pad id.
     model.config.pad_token_id = pad_token_id
@@ -306,19 +308,19 @@ def load_sequence_classifier(base_model: str, pad_token_id: int, seed: int) -> P
 
 # ---------------------------------------------------------------- training
 
-def train_verifier(cfg: VerifierConfig, base_model: str, aggregated: pl.DataFrame, problems: pl.DataFrame,
+def train_verifier(cfg: VerifierConfig, base_model: str | ResolvedModel, aggregated: pl.DataFrame, problems: pl.DataFrame,
                    out_dir: str, seed: int = 0, *, compute: ComputeConfig | None = None) -> dict[str, Any]:
     """Train a verifier on the aggregate and save it to `out_dir`; return its metrics.
 
     In this process on CPU; under `accelerate launch` when `compute.num_gpus` > 0.
     """
-    from mucode.models import resolve_model
+    from mucode.models import resolve
 
     compute = compute or ComputeConfig()
-    base = resolve_model(base_model)
+    base = resolve(base_model)
     training_data(cfg, aggregated, problems, seed)  # fail here, before any process is launched
     per_device_batch_size(cfg.batch_size, compute, cfg.gradient_accumulation_steps)
-    options = launch_options("verifier", cfg, compute, base, out_dir, seed)
+    options = launch_options("verifier", cfg, compute, base.path, out_dir, seed)
     return run_training("verifier", compute,
                         lambda: fit_verifier(cfg, compute, base, aggregated, problems, out_dir, seed),
                         {"aggregated": aggregated, "problems": problems}, options)
@@ -344,15 +346,16 @@ def training_data(cfg: VerifierConfig, aggregated: pl.DataFrame, problems: pl.Da
     return train_samples, pairs, samples.filter(pl.col("task_id").is_in(heldout_ids))
 
 
-def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str, aggregated: pl.DataFrame,
+def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str | ResolvedModel, aggregated: pl.DataFrame,
                  problems: pl.DataFrame, out_dir: str, seed: int) -> dict[str, Any]:
     """Train in this process (what each accelerate rank runs), save, then score the held-out problems."""
     from datasets import Dataset
 
-    from mucode.models import load_tokenizer
+    from mucode.models import resolve
 
     train_samples, pairs, heldout = training_data(cfg, aggregated, problems, seed)
-    tokenizer = load_tokenizer(base_model, padding_side="right")
+    base_model = resolve(base_model)
+    tokenizer = base_model.load_tokenizer(padding_side="right")
 
     def ids(prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
         return [verifier_input_ids(tokenizer, p, a, cfg.max_length) for p, a in zip(prompts, answers)]
@@ -427,12 +430,13 @@ class VerifierScorer:
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 2048, device: str | None = None) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from mucode.models import default_device, load_tokenizer, resolve_model, torch_dtype
+        from mucode.models import default_device, resolve, torch_dtype
 
         target = device or default_device()
-        self.tokenizer = load_tokenizer(path, padding_side="right")
+        verifier = resolve(path)
+        self.tokenizer = verifier.load_tokenizer(padding_side="right")
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(path), dtype=torch_dtype("auto", target)).to(target).eval()
+            verifier.path, dtype=torch_dtype("auto", target)).to(target).eval()
         if self.model.config.num_labels != 1 or self.model.config.pad_token_id is None:
             raise VerifierInputError(f"{path} is not a verifier (one logit, pad id set): pass a train_verifier output")
         self.batch_size = batch_size

@@ -7,7 +7,7 @@ when asked for, so importing ``mucode.engines`` loads neither torch, CTranslate2
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mucode.engines.base import Conversation, Engine
 from mucode.engines.errors import (
@@ -19,6 +19,9 @@ from mucode.engines.errors import (
     UnknownEngineError,
 )
 from mucode.engines.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from mucode.models import ResolvedModel
 
 ENGINE_KINDS = ("hf", "ct2", "sglang")
 
@@ -37,9 +40,9 @@ __all__ = [
 ]
 
 
-def make_engine(kind: str, model: str, **options: Any) -> Engine:
-    """An engine of ``kind`` serving ``model`` (any name ``mucode.models.resolve_model``
-    accepts). Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
+def make_engine(kind: str, model: str | ResolvedModel, **options: Any) -> Engine:
+    """An engine of ``kind`` serving ``model``: a ``mucode.models.ResolvedModel``, or any
+    name ``mucode.models.resolve_model`` accepts. Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
     ``ct2``: batch_size, compute_type, num_threads, cache_dir;
     ``sglang``: tp_size, dp_size, gpu_ids, base_gpu_id, mem_fraction_static, dtype,
     batch_size, deterministic, startup_timeout_s, base_url (attach to a running server),

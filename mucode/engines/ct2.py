@@ -4,7 +4,7 @@ The engine serves any model ``mucode.models.resolve_model`` accepts, including a
 fine-tuned checkpoint: the first use converts the transformers directory with CTranslate2's
 own converter, in a child process (which loads torch and the full model, then exits), into
 ``<model cache>/ct2/<content hash>-<weights>``. The key is the checkpoint's
-``model_fingerprint`` (weights, config, tokenizer, chat template), the stored weight type
+``ResolvedModel.content_hash`` (weights, config, tokenizer, chat template), the stored weight type
 and the CTranslate2 version, so a retrained checkpoint at the same path converts again;
 ``models.build_once`` makes the conversion atomic and race-safe.
 
@@ -45,11 +45,11 @@ from pathlib import Path
 
 from mucode.engines.batched import BatchedEngine
 from mucode.engines.batching import cut_at_stop
-from mucode.engines.chat import require_chat_template, stop_token_ids
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams
-from mucode.models import CACHE_MARKER, build_once, default_cache_dir, load_tokenizer, model_fingerprint, resolve_model
+from mucode.hashing import sha256_hex
+from mucode.models import CACHE_MARKER, ResolvedModel, build_once, default_cache_dir, resolve
 
 CT2_MISSING = "the ct2 engine needs CTranslate2: pip install ctranslate2==4.8.5"
 # Compute types this CPU offers CTranslate2 (bf16/fp16 do not run here).
@@ -69,20 +69,21 @@ def stored_weights(compute_type: str) -> str:
 
 def conversion_key(fingerprint: str, weights: str, ct2_version: str) -> str:
     """The cache directory name of one conversion: what went in and which converter ran."""
-    converter = hashlib.sha256(f"{weights}\0{ct2_version}".encode()).hexdigest()[:8]
+    converter = sha256_hex(f"{weights}\0{ct2_version}")[:8]
     return f"{fingerprint[:24]}-{weights}-{converter}"
 
 
-def ensure_converted(model_dir: str, weights: str, cache_root: Path | None = None) -> Path:
-    """The CTranslate2 copy of a transformers model directory, converting it on first use."""
+def ensure_converted(model: str | ResolvedModel, weights: str, cache_root: Path | None = None) -> Path:
+    """The CTranslate2 copy of a transformers model, converting it on first use."""
     import ctranslate2
 
+    resolved = resolve(model)
     root = (cache_root or default_cache_dir()) / "ct2"
-    target = root / conversion_key(model_fingerprint(model_dir), weights, ctranslate2.__version__)
+    target = root / conversion_key(resolved.content_hash, weights, ctranslate2.__version__)
 
     def convert(staging: Path) -> None:
-        run_converter(model_dir, staging, weights)
-        provenance = {"source": str(model_dir), "weights": weights, "ctranslate2": ctranslate2.__version__}
+        run_converter(resolved.path, staging, weights)
+        provenance = {"source": resolved.path, "weights": weights, "ctranslate2": ctranslate2.__version__}
         (staging / CACHE_MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
 
     return build_once(target, convert)
@@ -107,18 +108,12 @@ def batch_seed(draws: Sequence[Draw]) -> int:
     return int.from_bytes(hashlib.sha256(material).digest()[:4], "big")
 
 
-def generation_eos(model_dir: str) -> int | list[int] | None:
-    """The ``eos_token_id`` of a model directory's generation config, if it has one."""
-    path = Path(model_dir) / "generation_config.json"
-    return json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
-
-
 class CT2Engine(BatchedEngine):
     """CTranslate2 generation with length-bucketed batches and per-batch seeds."""
 
     def __init__(
         self,
-        model: str,
+        model: str | ResolvedModel,
         batch_size: int = 8,
         compute_type: str = "int8",
         num_threads: int | None = None,
@@ -136,18 +131,18 @@ class CT2Engine(BatchedEngine):
             raise EngineUnavailableError(CT2_MISSING) from error
         self.ctranslate2 = ctranslate2
         self.batch_size = batch_size
-        model_dir = resolve_model(model, cache_dir)
-        self.tokenizer = load_tokenizer(model_dir)
-        require_chat_template(self.tokenizer, model)
+        resolved = resolve(model, cache_dir)
+        self.tokenizer = resolved.tokenizer
+        resolved.require_chat_template()  # fail in one line before converting
         cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self.converted = ensure_converted(model_dir, stored_weights(compute_type), cache_root)
+        self.converted = ensure_converted(resolved, stored_weights(compute_type), cache_root)
         self.compute_type = compute_type
         self.num_threads = num_threads
         self.thread_budget = cpu_thread_budget()
         self.threads_in_use = 0
         self.generator = None
         self.load_generator(None, self.chosen_threads())
-        self.stop_ids = stop_token_ids(self.tokenizer, generation_eos(model_dir))
+        self.stop_ids = resolved.stop_ids
         self.tokens_generated = 0
         self.closed = False
 

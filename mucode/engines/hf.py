@@ -31,12 +31,11 @@ from transformers import Cache, GenerationConfig, LogitsProcessorList
 
 from mucode.engines.batched import BatchedEngine
 from mucode.engines.batching import cut_at_stop, left_pad, shared_rows
-from mucode.engines.chat import require_chat_template, stop_token_ids
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError
 from mucode.engines.sampling import Draw, SamplingParams
 from mucode.engines.seeded_sampler import SeededSampler
-from mucode.models import default_device, load_causal_lm, load_tokenizer
+from mucode.models import ResolvedModel, default_device, resolve
 
 
 class HFEngine(BatchedEngine):
@@ -44,7 +43,7 @@ class HFEngine(BatchedEngine):
 
     def __init__(
         self,
-        model: str,
+        model: str | ResolvedModel,
         batch_size: int = 8,
         dtype: str = "auto",
         device: str | None = None,
@@ -62,10 +61,11 @@ class HFEngine(BatchedEngine):
         self.threads_in_use = 0
         self.batch_size = batch_size
         self.share_prefill = share_prefill
-        self.tokenizer = load_tokenizer(model, padding_side="left")
-        require_chat_template(self.tokenizer, model)
-        self.model = load_causal_lm(model, dtype=dtype, device=self.device)
-        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config.eos_token_id)
+        resolved = resolve(model)
+        self.tokenizer = resolved.tokenizer
+        resolved.require_chat_template()  # fail in one line before loading the weights
+        self.model = resolved.load_causal_lm(dtype=dtype, device=self.device)
+        self.stop_ids = resolved.stop_ids
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.tokens_generated = 0
         self.closed = False

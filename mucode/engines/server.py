@@ -24,17 +24,12 @@ from typing import Any
 
 from mucode.engines.base import Conversation, Engine
 from mucode.engines.batching import group_by_prompt
-from mucode.engines.chat import (
-    end_of_turn_texts,
-    prompt_texts,
-    require_chat_template,
-    token_ids_of_prompts,
-)
+from mucode.engines.chat import prompt_texts, token_ids_of_prompts
 from mucode.engines.errors import EngineClosedError
 from mucode.engines.http_json import RetryPolicy, request_json
 from mucode.engines.sampling import SamplingParams, draws_per_prompt, plan_draws
 from mucode.engines.server_process import ServerProcess, wait_until_ready
-from mucode.models import load_tokenizer, resolve_model
+from mucode.models import ResolvedModel, resolve
 
 
 def completion_payload(model_id: str, prompt: str, sampling: SamplingParams, seed: int,
@@ -66,7 +61,7 @@ class ServerEngine(Engine):
 
     def __init__(
         self,
-        model: str,
+        model: str | ResolvedModel,
         base_url: str,
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
@@ -82,15 +77,15 @@ class ServerEngine(Engine):
         which is what SGLang serves a ``--model-path`` as)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        resolved = resolve_model(model)
-        self.tokenizer = load_tokenizer(resolved, padding_side="left")
-        require_chat_template(self.tokenizer, model)
-        self.stop_texts = end_of_turn_texts(self.tokenizer)
+        resolved = resolve(model)
+        self.tokenizer = resolved.tokenizer
+        resolved.require_chat_template()  # fail in one line before waiting for the server
+        self.stop_texts = resolved.stop_texts
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.concurrency = concurrency
         self.retry = retry
-        self.model_id = served_model or resolved
+        self.model_id = served_model or resolved.path
         self.tokens_generated = 0
         self.closed = False
         self.server = None if command is None else ServerProcess(command, name, env=env)

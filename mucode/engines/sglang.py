@@ -27,7 +27,7 @@ from mucode.engines.errors import EngineUnavailableError
 from mucode.engines.http_json import RetryPolicy
 from mucode.engines.server import ServerEngine
 from mucode.engines.server_process import free_port
-from mucode.models import resolve_model
+from mucode.models import ResolvedModel, resolve
 
 SGLANG_MISSING = "the sglang engine needs a GPU machine and `pip install 'mucode[gpu]'`"
 HOST = "127.0.0.1"
@@ -93,7 +93,7 @@ def launch_command(kwargs: dict[str, Any], host: str, port: int) -> list[str]:
 
 
 def make_sglang_engine(
-    model: str,
+    model: str | ResolvedModel,
     tp_size: int = 1,
     dp_size: int = 1,
     gpu_ids: Sequence[int] | None = None,
@@ -117,7 +117,8 @@ def make_sglang_engine(
     require_sglang()
     if gpu_ids is not None and base_gpu_id != 0:
         raise ValueError("pass either gpu_ids or base_gpu_id, not both")
-    kwargs = engine_kwargs(resolve_model(model), tp_size, dp_size, base_gpu_id, mem_fraction_static, dtype,
+    model = resolve(model)
+    kwargs = engine_kwargs(model.path, tp_size, dp_size, base_gpu_id, mem_fraction_static, dtype,
                            batch_size, deterministic)
     port = free_port(HOST)
     return ServerEngine(model, f"http://{HOST}:{port}", command=launch_command(kwargs, HOST, port),

@@ -1,4 +1,4 @@
-"""Builds what a stage runs with from the config: model paths, an engine, a sandbox.
+"""Builds what a stage runs with from the config: the resolved model, an engine, a sandbox.
 
 One place maps config sections onto `mucode.models`, `mucode.engines` and `mucode.sandbox`,
 so the rollout and evaluation stages start them the same way. Nothing is started at import.
@@ -6,15 +6,20 @@ so the rollout and evaluation stages start them the same way. Nothing is started
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config, SamplingConfig
 
+if TYPE_CHECKING:
+    from mucode.models import ResolvedModel
 
-def model_path(cfg: Config, store: ArtifactStore, model: Artifact | None) -> str:
-    """The local directory (or hub id) of a stored model, or of the base model when None."""
-    from mucode.models import resolve_model
 
-    return resolve_model(cfg.model.name) if model is None else store.get_dir(model)
+def generator_model(cfg: Config, store: ArtifactStore, model: Artifact | None) -> ResolvedModel:
+    """A stored model, or the base model when None, resolved once for the stage."""
+    from mucode.models import resolve
+
+    return resolve(cfg.model.name if model is None else store.get_dir(model))
 
 
 def model_hash(cfg: Config, model: Artifact | None) -> str:
@@ -22,16 +27,16 @@ def model_hash(cfg: Config, model: Artifact | None) -> str:
     return model.hash if model is not None else f"base:{cfg.model.name}"
 
 
-def make_engine_from_config(cfg: Config, path: str):
+def make_engine_from_config(cfg: Config, model: str | ResolvedModel):
     from mucode.engines import make_engine
 
     if cfg.engine.kind == "sglang":
-        return make_engine("sglang", path, tp_size=cfg.engine.tp_size, dp_size=cfg.engine.dp_size,
+        return make_engine("sglang", model, tp_size=cfg.engine.tp_size, dp_size=cfg.engine.dp_size,
                            mem_fraction_static=cfg.engine.mem_fraction_static, dtype=cfg.model.dtype,
                            batch_size=cfg.engine.batch_size)
     if cfg.engine.kind == "ct2":
-        return make_engine("ct2", path, batch_size=cfg.engine.batch_size, compute_type=cfg.engine.compute_type)
-    return make_engine("hf", path, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
+        return make_engine("ct2", model, batch_size=cfg.engine.batch_size, compute_type=cfg.engine.compute_type)
+    return make_engine("hf", model, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
 
 
 def make_sandbox_from_config(cfg: Config):

@@ -12,7 +12,7 @@ SCRIPT = """
 import os, sys
 import numpy as np
 if sys.argv[1] == "tuned":
-    from mucode.memory import keep_freed_memory
+    from mucode.freed_memory import keep_freed_memory
     assert keep_freed_memory() and keep_freed_memory()  # once per process, cached
 sizes = np.random.default_rng(0).integers(1 << 20, 24 << 20, size=(400, 4))  # 1-24 MiB, like activations
 before = os.times().system
@@ -38,7 +38,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 
 RETAINED = """
 import numpy as np
-from mucode.memory import keep_freed_memory, return_freed_memory
+from mucode.freed_memory import keep_freed_memory, return_freed_memory
 
 def rss_mib():
     with open("/proc/self/status") as status:
