@@ -212,23 +212,11 @@ def execute_candidates(sandbox: Any, candidates: list[tuple[dict[str, str], str]
 
     Identical programs run once: small models often repeat an answer.
     """
-    from mucode.tasks.execute import sandbox_program
+    from mucode.data.programs import distinct_programs
 
-    unique: dict[tuple[str, str], int] = {}
-    programs: list[Any] = []
-
-    def index_of(problem: dict[str, str], code: str, tests: str) -> int:
-        program = sandbox_program(str(len(programs)), problem, code, tests)
-        key = (program.code, program.tests)
-        if key not in unique:
-            unique[key] = len(programs)
-            programs.append(program)
-        return unique[key]
-
-    pairs = [
-        (index_of(problem, code, problem["public_tests"]), index_of(problem, code, problem["private_tests"]))
-        for problem, code in candidates
-    ]
+    programs, job_program = distinct_programs(
+        (problem, code, problem[tests]) for problem, code in candidates for tests in ("public_tests", "private_tests"))
+    pairs = list(zip(job_program[0::2], job_program[1::2]))
     verdicts = sandbox.run(programs)
     if len(verdicts) != len(programs):
         raise EvaluationError(f"sandbox returned {len(verdicts)} verdicts for {len(programs)} programs")

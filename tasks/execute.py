@@ -15,7 +15,7 @@ from mucode.orchestration import run_batches, stage_task
 
 import polars as pl
 
-from mucode.data import program_parts
+from mucode.data.programs import distinct_programs
 from mucode.sandbox import Program
 
 LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
@@ -26,12 +26,6 @@ class ExecuteInputError(ValueError):
     """The rollouts cannot be labelled; the message is one line."""
 
 
-def sandbox_program(program_id: str, problem: dict[str, str], code: str, tests: str) -> Program:
-    """The sandbox program that runs `code` against `tests` of `problem` (a problems row; its
-    dataset and prompt decide how, see `mucode.data.programs`)."""
-    return Program(program_id, *program_parts(problem["dataset"], problem["prompt"], code, tests))
-
-
 def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[list[Program], list[int]]:
     """Distinct (task, code) programs, and for each rollout row the index of its program."""
     by_task = {row["task_id"]: row for row in problems.iter_rows(named=True)}
@@ -39,17 +33,8 @@ def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[lis
     if unknown:
         raise ExecuteInputError(f"rollouts name {len(unknown)} task ids not in the problems artifact "
                                 f"(e.g. {sorted(unknown)[0]}): pass the problems the rollouts were made from")
-    index_of: dict[tuple[str, str], int] = {}
-    programs: list[Program] = []
-    row_program: list[int] = []
-    for task_id, code in zip(rollouts["task_id"], rollouts["code"]):
-        key = (task_id, code)
-        if key not in index_of:
-            index_of[key] = len(programs)
-            problem = by_task[task_id]
-            programs.append(sandbox_program(str(len(programs)), problem, code, problem["private_tests"]))
-        row_program.append(index_of[key])
-    return programs, row_program
+    return distinct_programs((by_task[task_id], code, by_task[task_id]["private_tests"])
+                             for task_id, code in zip(rollouts["task_id"], rollouts["code"]))
 
 
 def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:

@@ -24,7 +24,7 @@ import polars as pl
 from mucode.engines import SamplingParams
 from mucode.environment import Mode, Trajectory, extend_conversation, initial_conversation, is_finished
 from mucode.prompts import feedback_text
-from mucode.tasks.execute import sandbox_program
+from mucode.data.programs import sandbox_program
 
 ROLLOUT_SCHEMA = {
     "task_id": pl.String, "rollout_id": pl.Int64, "turn": pl.Int64, "prompt_messages": pl.String,

@@ -3,7 +3,8 @@ import pytest
 
 from mucode.data import stdio_harness
 from mucode.sandbox import make_sandbox
-from mucode.tasks.execute import ExecuteInputError, label_rollouts, oracle_programs, sandbox_program
+from mucode.data.programs import sandbox_program
+from mucode.tasks.execute import ExecuteInputError, label_rollouts, oracle_programs
 
 PROBLEMS = pl.DataFrame({
     "task_id": ["t/add"], "dataset": ["mbpp"], "prompt": ["Write add(a, b)."],
