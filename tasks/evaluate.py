@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode import metrics
 from mucode.eval_checkpoint import (
     checkpoint_key,
@@ -192,9 +193,8 @@ class _Candidate:
 
 
 def check_problems(problems: pl.DataFrame) -> None:
-    missing = [column for column in PROBLEM_COLUMNS if column not in problems.columns]
-    if missing:
-        raise EvaluationError(f"problems frame lacks columns {missing}: load it with mucode.data.load_problems")
+    require_columns(problems, PROBLEM_COLUMNS, EvaluationError, "problems frame",
+                    "load it with mucode.data.load_problems")
     if problems.height == 0:
         raise EvaluationError("no problems to evaluate: check --dataset and --limit")
     if problems["task_id"].n_unique() != problems.height:

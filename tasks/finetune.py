@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.config import ComputeConfig, FinetuneConfig
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
                              merge_saved_adapter, per_device_batch_size, release_memory, run_training,
@@ -105,9 +106,7 @@ def tokenize_sft(tokenizer: PreTrainedTokenizerBase, sft: pl.DataFrame,
 
 
 def check_sft(sft: pl.DataFrame) -> None:
-    missing = [c for c in SFT_COLUMNS if c not in sft.columns]
-    if missing:
-        raise FinetuneInputError(f"the SFT frame lacks columns {missing}: pass the output of the relabel stage")
+    require_columns(sft, SFT_COLUMNS, FinetuneInputError, "the SFT frame", "pass the output of the relabel stage")
     if sft.height == 0:
         raise FinetuneInputError("the SFT frame is empty: the relabel policy produced no examples "
                                  "(rft/oracle need at least one passing answer)")

@@ -28,6 +28,7 @@ import math
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.config import RelabelConfig
 from mucode.prompts import extract_code
 
@@ -195,9 +196,8 @@ def _conversation_key(messages: list[dict[str, str]]) -> str:
 
 
 def _check_aggregate(aggregated: pl.DataFrame) -> None:
-    missing = [column for column in AGGREGATE_COLUMNS if column not in aggregated.columns]
-    if missing:
-        raise RelabelInputError(f"the aggregate lacks columns {missing}: pass the output of the aggregate stage")
+    require_columns(aggregated, AGGREGATE_COLUMNS, RelabelInputError, "the aggregate",
+                    "pass the output of the aggregate stage")
     if aggregated.height == 0:
         raise RelabelInputError("the aggregate is empty: run the rollout, execute and aggregate stages first")
 
@@ -207,9 +207,7 @@ def _checked_scores(scores: pl.DataFrame | None, policy: str) -> pl.DataFrame:
         raise RelabelInputError(
             f"relabel policy {policy!r} needs verifier scores: train the verifier and pass its scores frame"
         )
-    missing = [column for column in SCORE_COLUMNS if column not in scores.columns]
-    if missing:
-        raise RelabelInputError(f"the scores frame lacks columns {missing}: expected {list(SCORE_COLUMNS)}")
+    require_columns(scores, SCORE_COLUMNS, RelabelInputError, "the scores frame", f"expected {list(SCORE_COLUMNS)}")
     return scores
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.engines import SamplingParams
 from mucode.environment import Mode, Trajectory, extend_conversation, initial_conversation, is_finished
 from mucode.prompts import feedback_text
@@ -59,9 +60,7 @@ ProgressCallback = Callable[[RolloutStats], None]
 
 
 def check_problems(problems: pl.DataFrame) -> None:
-    missing = [c for c in REQUIRED_PROBLEM_COLUMNS if c not in problems.columns]
-    if missing:
-        raise RolloutInputError(f"problems frame lacks columns {missing}: build it with `mucode data`")
+    require_columns(problems, REQUIRED_PROBLEM_COLUMNS, RolloutInputError, "problems frame", "build it with `mucode data`")
     if problems.height == 0:
         raise RolloutInputError("no problems to roll out: check the dataset split and --limit")
     if problems["task_id"].n_unique() != problems.height:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.config import ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
@@ -74,7 +75,7 @@ def verifier_input_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: 
 
 def problem_prompts(problems: pl.DataFrame) -> pl.DataFrame:
     """task_id → prompt: the first user message of each problem (what the verifier is shown)."""
-    _check_columns(problems, PROBLEM_COLUMNS, "the problems frame", "pass the problems the rollouts were made from")
+    require_columns(problems, PROBLEM_COLUMNS, VerifierInputError, "the problems frame", "pass the problems the rollouts were made from")
     return problems.unique(subset=["task_id"], keep="first", maintain_order=True).select(
         "task_id",
         pl.struct("prompt", "public_tests", "dataset")
@@ -102,7 +103,7 @@ def verifier_samples(aggregated: pl.DataFrame, problems: pl.DataFrame) -> pl.Dat
     prompt = the problem's first user message; label = the oracle outcome on a rollout's
     final turn, False on earlier turns.
     """
-    _check_columns(aggregated, AGGREGATE_COLUMNS, "the aggregate", "pass the output of the aggregate stage")
+    require_columns(aggregated, AGGREGATE_COLUMNS, VerifierInputError, "the aggregate", "pass the output of the aggregate stage")
     if aggregated.height == 0:
         raise VerifierInputError("the aggregate is empty: run the rollout, execute and aggregate stages first")
     return with_prompts(aggregated, problems).select(
@@ -447,7 +448,7 @@ class VerifierScorer:
 
 def score_final_answers(scorer: VerifierScorer, aggregated: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
     """The scores frame relabelling needs: task_id, response, verifier_score of each distinct final answer."""
-    _check_columns(aggregated, AGGREGATE_COLUMNS, "the aggregate", "pass the output of the aggregate stage")
+    require_columns(aggregated, AGGREGATE_COLUMNS, VerifierInputError, "the aggregate", "pass the output of the aggregate stage")
     finals = aggregated.filter(pl.col("final")).select("task_id", "response").unique(keep="first", maintain_order=True)
     prompted = with_prompts(finals, problems)
     scores = scorer.score(prompted["prompt"].to_list(), prompted["response"].to_list())
@@ -455,12 +456,6 @@ def score_final_answers(scorer: VerifierScorer, aggregated: pl.DataFrame, proble
 
 
 # ---------------------------------------------------------------- entry point (what accelerate launches)
-
-def _check_columns(frame: pl.DataFrame, columns: Sequence[str], name: str, fix: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise VerifierInputError(f"{name} lacks columns {missing}: {fix}")
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = entry_point_parser("verifier")
