@@ -214,7 +214,7 @@ def _checked_scores(scores: pl.DataFrame | None, policy: str) -> pl.DataFrame:
 def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     """Store-level stage: the SFT dataset of the configured policy (verifier None: oracle-only policies)."""
     from mucode.artifacts import ArtifactStore
-    from mucode.tasks.verifier import VerifierScorer, score_final_answers
+    from mucode.verifier_scorer import VerifierScorer, score_final_answers
 
     store = ArtifactStore(root)
     frame = store.get_frame(aggregated)
