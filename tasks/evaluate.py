@@ -157,6 +157,10 @@ def _resumable_rows(checkpoint: Path, problems: pl.DataFrame, *, n: int, turns: 
     return finished
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "engine", "evaluation", "sandbox", "seed")
+
+
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):
     """Store-level stage: multi-turn Best-of-N of a stored generator (None = base model) on stored problems.
 
@@ -191,12 +195,12 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
     # One folder per method: two methods can produce identical rows (an arm that had nothing to
     # train on is the base model), and one content-addressed file would carry only one manifest.
-    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=cfg.section_digest("model", "engine", "evaluation", "sandbox", "seed"),
+    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=inputs, extra={"evaluation": meta, "metrics": summary})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=("model", "engine", "evaluation", "sandbox", "seed"),
+evaluate_task = stage_task(evaluate_stage, name="evaluate", sections=SECTIONS,
                            gpu=True)
 
 

@@ -69,6 +69,10 @@ def run_on_cluster(cfg, programs):
     return [verdict for batch in run_batches(judge, batches, cfg.compute.dask_address) for verdict in batch]
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("sandbox",)
+
+
 def execute_stage(cfg, root: str, rollouts, problems):
     """Store-level stage: label stored rollouts against stored problems."""
     from mucode.artifacts import ArtifactStore
@@ -83,9 +87,9 @@ def execute_stage(cfg, root: str, rollouts, problems):
             labelled = label_rollouts(frame, problem_frame, sandbox.run)
     metrics = {"rows": labelled.height, "oracle_pass_rate": float(labelled["oracle_passed"].mean() or 0.0),
                "label_mismatches": int(labelled["label_mismatch"].sum())}
-    return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest("sandbox"),
+    return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[rollouts.hash, problems.hash], extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-execute_task = stage_task(execute_stage, name="execute", sections=("sandbox",), retries=2)
+execute_task = stage_task(execute_stage, name="execute", sections=SECTIONS, retries=2)

@@ -215,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_metrics(args.metrics, metrics)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "finetune", "compute", "seed")
 
 
 def finetune_stage(cfg, root: str, sft):
@@ -226,9 +226,13 @@ def finetune_stage(cfg, root: str, sft):
     store = ArtifactStore(root)
     with store.scratch_dir("finetune") as out_dir:
         metrics = finetune(cfg.finetune, cfg.compute, cfg.model.name, store.get_frame(sft), out_dir, seed=cfg.seed)
-        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest("model", "finetune", "compute", "seed"),
+        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest(*SECTIONS),
                              inputs=[sft.hash], extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-finetune_task = stage_task(finetune_stage, name="finetune", sections=("model", "finetune", "compute", "seed"), gpu=True)
+finetune_task = stage_task(finetune_stage, name="finetune", sections=SECTIONS, gpu=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

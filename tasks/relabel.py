@@ -211,6 +211,10 @@ def _checked_scores(scores: pl.DataFrame | None, policy: str) -> pl.DataFrame:
     return scores
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("relabel", "verifier")
+
+
 def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     """Store-level stage: the SFT dataset of the configured policy (verifier None: oracle-only policies)."""
     from mucode.artifacts import ArtifactStore
@@ -226,9 +230,9 @@ def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     metrics = {"examples": sft.height, "problems": sft["task_id"].n_unique(),
                "target_pass_rate": float(sft["target_oracle_passed"].mean() or 0.0) if sft.height else 0.0}
     inputs = [aggregated.hash, problems.hash] + ([verifier.hash] if verifier is not None else [])
-    return store.put_frame(sft, stage="relabel", config_hash=cfg.section_digest("relabel", "verifier"),
+    return store.put_frame(sft, stage="relabel", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=inputs, extra={"policy": cfg.relabel.policy, "metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-relabel_task = stage_task(relabel_stage, name="relabel", sections=("relabel", "verifier"))
+relabel_task = stage_task(relabel_stage, name="relabel", sections=SECTIONS)

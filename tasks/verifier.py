@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_metrics(args.metrics, metrics)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "verifier", "compute", "seed")
 
 
 def verifier_stage(cfg, root: str, aggregated, problems):
@@ -163,9 +163,13 @@ def verifier_stage(cfg, root: str, aggregated, problems):
     with store.scratch_dir("verifier") as out_dir:
         metrics = train_verifier(cfg.verifier, cfg.model.name, store.get_frame(aggregated), store.get_frame(problems),
                                  out_dir, seed=cfg.seed, compute=cfg.compute)
-        return store.put_dir(out_dir, stage="verifier", config_hash=cfg.section_digest("model", "verifier", "compute", "seed"),
+        return store.put_dir(out_dir, stage="verifier", config_hash=cfg.section_digest(*SECTIONS),
                              inputs=[aggregated.hash, problems.hash], extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-verifier_task = stage_task(verifier_stage, name="verifier", sections=("model", "verifier", "compute", "seed"), gpu=True)
+verifier_task = stage_task(verifier_stage, name="verifier", sections=SECTIONS, gpu=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
