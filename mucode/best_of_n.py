@@ -29,17 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from mucode.columns import require_columns
 from mucode.environment import extend_conversation, initial_conversation, is_finished
 from mucode.progress import stage_progress
-from mucode.search import Candidate, Choice, Search, judge_candidates, play_turn, run_turns
+from mucode.search import (PROBLEM_COLUMNS, Candidate, Choice, Search, judge_candidates, play_turn, require_problems,
+                           run_turns)
 from mucode.selection import EvaluationError, check_selection, replay_selection, search_rng, select_candidate
 
 if TYPE_CHECKING:
     from mucode.engines.base import Engine
     from mucode.engines.sampling import SamplingParams
 
-PROBLEM_COLUMNS: tuple[str, ...] = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 ROW_SCHEMA: dict[str, Any] = {
     "task_id": pl.String,
@@ -70,15 +69,6 @@ class _DrawCounter:
         self.done += draws
         rate = (self.engine.tokens_generated - self.tokens_before) / max(time.perf_counter() - self.started, 1e-9)
         self.advance(self.done, f"{self.label}  {rate:.0f} tok/s")
-
-
-def check_problems(problems: pl.DataFrame) -> None:
-    require_columns(problems, PROBLEM_COLUMNS, EvaluationError, "problems frame",
-                    "load it with mucode.data.load_problems")
-    if problems.height == 0:
-        raise EvaluationError("no problems to evaluate: check --dataset and --limit")
-    if problems["task_id"].n_unique() != problems.height:
-        raise EvaluationError("problems frame has duplicate task_id values: deduplicate it first")
 
 
 def check_sizes(n: int, turns: int, searches: int) -> None:
@@ -158,7 +148,8 @@ def run_search(
     """
     check_selection(selection, has_verifier=scorer is not None)
     check_sizes(n, turns, searches)
-    check_problems(problems)
+    require_problems(problems, EvaluationError, fix="load it with mucode.data.load_problems",
+                     empty="no problems to evaluate: check --dataset and --limit")
     sampling = dataclasses.replace(sampling, seed=seed)
     live = [
         Search(problem, search_id,

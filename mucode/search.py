@@ -21,10 +21,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
+
+from mucode.columns import require_columns
 from mucode.data.programs import distinct_programs
 from mucode.environment import Message, extend_conversation
 from mucode.prompts import extract_code, first_user_message
 from mucode.selection import EvaluationError
+
+# The problem columns a search reads.
+PROBLEM_COLUMNS: tuple[str, ...] = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 
 @dataclasses.dataclass
@@ -62,6 +68,15 @@ Judge = Callable[[list[tuple[dict[str, str], str]]], list[Candidate]]  # (proble
 Select = Callable[[Search, list[Candidate]], int]
 Play = Callable[[list[Search], int], list[Choice]]
 Record = Callable[[int, list[Search], list[Choice], list[bool]], None]  # (turn, live, choices, stops)
+
+
+def require_problems(problems: pl.DataFrame, error: type[Exception], *, fix: str, empty: str) -> None:
+    """Raise `error` (one line) unless `problems` has the columns a search reads, a row, and unique task ids."""
+    require_columns(problems, PROBLEM_COLUMNS, error, "problems frame", fix)
+    if problems.height == 0:
+        raise error(empty)
+    if problems["task_id"].n_unique() != problems.height:
+        raise error("problems frame has duplicate task_id values: deduplicate it first")
 
 
 def execute_candidates(sandbox: Any, candidates: list[tuple[dict[str, str], str]]) -> list[tuple[Any, Any]]:

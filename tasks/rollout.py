@@ -24,11 +24,10 @@ from typing import Callable, Sequence
 
 import polars as pl
 
-from mucode.columns import require_columns
 from mucode.engines import SamplingParams
 from mucode.environment import Mode, initial_conversation, is_finished
 from mucode.prompts import feedback_text
-from mucode.search import Candidate, Choice, Search, judge_candidates, play_turn, run_turns
+from mucode.search import Candidate, Choice, Search, judge_candidates, play_turn, require_problems, run_turns
 
 ROLLOUT_SCHEMA = {
     "task_id": pl.String, "rollout_id": pl.Int64, "turn": pl.Int64, "prompt_messages": pl.String,
@@ -36,7 +35,6 @@ ROLLOUT_SCHEMA = {
     "private_passed": pl.Boolean, "final": pl.Boolean, "generator": pl.String,
     "temperature": pl.Float64, "top_p": pl.Float64, "max_new_tokens": pl.Int64, "seed": pl.Int64,
 }
-REQUIRED_PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 
 class RolloutInputError(ValueError):
@@ -60,14 +58,6 @@ class RolloutStats:
 
 
 ProgressCallback = Callable[[RolloutStats], None]
-
-
-def check_problems(problems: pl.DataFrame) -> None:
-    require_columns(problems, REQUIRED_PROBLEM_COLUMNS, RolloutInputError, "problems frame", "build it with `mucode data`")
-    if problems.height == 0:
-        raise RolloutInputError("no problems to roll out: check the dataset split and --limit")
-    if problems["task_id"].n_unique() != problems.height:
-        raise RolloutInputError("problems frame has duplicate task_id values: deduplicate it first")
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -117,7 +107,8 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
     The multi-turn loop of `mucode.search` with one answer per rollout and turn (kept
     without selection) and the `mode`'s stop rule.
     """
-    check_problems(problems)
+    require_problems(problems, RolloutInputError, fix="build it with `mucode data`",
+                     empty="no problems to roll out: check the dataset split and --limit")
     live = [
         Search(row, rollout_id, initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
         for row in problems.iter_rows(named=True) for rollout_id in range(num_rollouts)
@@ -184,6 +175,10 @@ def summarize_rollouts(rollouts: pl.DataFrame) -> dict[str, float]:
     return summary
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "engine", "rollout", "sandbox", "seed")
+
+
 def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     """Store-level stage: roll out `generator` (None = the base model) on stored problems."""
     from mucode.artifacts import ArtifactStore
@@ -202,11 +197,11 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
                                 generator_hash=generator_hash, chunk_size=4 * cfg.engine.batch_size,
                                 progress=progress)
     return store.put_frame(rollouts, stage="rollout",
-                           config_hash=cfg.section_digest("model", "engine", "rollout", "seed"),
+                           config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[problems.hash, generator_hash],
                            extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts)})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-rollout_task = stage_task(rollout_stage, name="rollout", sections=("model", "engine", "rollout", "sandbox", "seed"),
+rollout_task = stage_task(rollout_stage, name="rollout", sections=SECTIONS,
                           gpu=True, retries=1)
