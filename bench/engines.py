@@ -104,7 +104,7 @@ def measure_passes(spec: dict) -> dict:
     """HumanEval passes, greedy single turn, through the evaluation's search."""
     from mucode.data import load_problems
     from mucode.sandbox import make_sandbox
-    from mucode.tasks.evaluate import run_search
+    from mucode.best_of_n import run_search
 
     problems = load_problems("humaneval", "test", limit=spec["problems"])
     sampling = SamplingParams(temperature=0.0, max_new_tokens=spec["eval_max_new_tokens"])

@@ -34,7 +34,8 @@ from mucode.flows.evaluate import BASE_LABEL
 from mucode.flows.train import flow_argument_parser, train_arm
 from mucode.power import power_table
 from mucode.tasks.compare import compare_task, reference_method
-from mucode.tasks.evaluate import VERIFIER_RULES, alias_evaluation_task, evaluate_task
+from mucode.selection import VERIFIER_RULES
+from mucode.tasks.evaluate import alias_evaluation_task, evaluate_task
 from mucode.tasks.problems import problems_task
 
 SINGLE_CANDIDATE_RULE = "random"  # with N=1 every rule picks the one candidate; random needs no verifier

@@ -19,7 +19,8 @@ from mucode.compare import iteration_label
 from mucode.config import Config
 from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment, read_iterations
 from mucode.run_summary import summarised_run
-from mucode.tasks.evaluate import VERIFIER_RULES, evaluate_task
+from mucode.selection import VERIFIER_RULES
+from mucode.tasks.evaluate import evaluate_task
 from mucode.tasks.problems import problems_task
 from mucode.tasks.report import report_task
 

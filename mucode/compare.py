@@ -5,7 +5,7 @@ Multi-STaR², ...) on the same problems, so differences between methods are *pai
 interval of "µCode minus RFT" comes from resampling problems once for both, which is
 narrower than two separate intervals would suggest. This module turns evaluation rows and
 the stage timings into those numbers, a plot of the selection ablation, and `compare.md`.
-It runs no model and computes no single-evaluation metric (`mucode.tasks.evaluate` does).
+It runs no model and computes no single-evaluation metric (`mucode.eval_summary` does).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from mucode import metrics
 from mucode.evaluation_dirs import EvaluationSummary
 from mucode.report import dataset_title, markdown_table, percent, set_percent_ylim, table_records
-from mucode.tasks.evaluate import search_outcomes
+from mucode.eval_summary import search_outcomes
 
 COMPARE_FILE, ABLATION_FILE, ARM_CURVES_FILE = "compare.md", "selection_ablation.png", "arms_bon_at_t.png"
 METHOD_TITLES = {

@@ -7,7 +7,7 @@ the key: after changing prompts or the environment, delete the `.turns-*` files.
 settings finds the file and replays it; a rerun with other settings finds none and
 removes the stale files of that N. The checkpoint is deleted once the evaluation is saved.
 
-This module only stores and finds rows; replaying them is `tasks.evaluate.replay_turns`.
+This module only stores and finds rows; replaying them is `mucode.best_of_n.replay_turns`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 An *evaluation directory* is any directory under the run directory holding
 
-    rows.parquet   the search rows (schema: `mucode.tasks.evaluate.ROW_SCHEMA`)
-    summary.json   metric name -> value (`mucode.tasks.evaluate.summarize`), intervals as
+    rows.parquet   the search rows (schema: `mucode.best_of_n.ROW_SCHEMA`)
+    summary.json   metric name -> value (`mucode.eval_summary.summarize`), intervals as
                    `<metric>.ci_low` / `<metric>.ci_high`
     meta.json      {"kind": "mucode-evaluation", "method", "dataset", "n", "selection",
                     "turns", "searches", "details": {generator, verifier, seed, ...}}

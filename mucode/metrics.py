@@ -9,7 +9,7 @@
 - `bootstrap_ci`: a percentile bootstrap interval of a mean over problems.
 
 A search is given as its per-turn outcomes, turn 1 first. This module does not read frames,
-run code or choose candidates (that is `mucode.tasks.evaluate`).
+run code or choose candidates (that is `mucode.search`, `mucode.selection`).
 """
 
 from __future__ import annotations

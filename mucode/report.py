@@ -6,7 +6,7 @@ method was evaluated at several N, `RUN_DIR/scaling.png`.
 
 The headline number of every evaluation is BoN@T (T = its number of turns), in percent,
 with its 95% bootstrap interval over problems. This module does not run models or compute
-metrics from rows (that is `mucode.tasks.evaluate`); publishing the report to Prefect is
+metrics from rows (that is `mucode.eval_summary`); publishing the report to Prefect is
 `mucode.publish`.
 """
 

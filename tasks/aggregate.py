@@ -13,6 +13,8 @@ from mucode.orchestration import stage_task
 
 import polars as pl
 
+from mucode.columns import require_columns
+
 DEDUP_KEY = ("task_id", "prompt_messages", "response")
 REQUIRED_COLUMNS = (*DEDUP_KEY, "rollout_id", "turn", "final", "oracle_passed")
 
@@ -43,11 +45,8 @@ def aggregate(previous: pl.DataFrame | None, labelled: pl.DataFrame, iteration: 
 
 
 def _check_columns(frame: pl.DataFrame, name: str) -> None:
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise AggregateInputError(
-            f"{name} lack columns {missing}: pass the output of the execute stage (label_rollouts)"
-        )
+    require_columns(frame, REQUIRED_COLUMNS, AggregateInputError, name,
+                    "pass the output of the execute stage (label_rollouts)", verb="lack")
 
 
 def aggregate_stage(cfg, root: str, labelled, previous, iteration: int):

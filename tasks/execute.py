@@ -15,7 +15,7 @@ from mucode.orchestration import run_batches, stage_task
 
 import polars as pl
 
-from mucode.data import program_parts
+from mucode.data.programs import distinct_programs
 from mucode.sandbox import Program
 
 LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
@@ -26,12 +26,6 @@ class ExecuteInputError(ValueError):
     """The rollouts cannot be labelled; the message is one line."""
 
 
-def sandbox_program(program_id: str, problem: dict[str, str], code: str, tests: str) -> Program:
-    """The sandbox program that runs `code` against `tests` of `problem` (a problems row; its
-    dataset and prompt decide how, see `mucode.data.programs`)."""
-    return Program(program_id, *program_parts(problem["dataset"], problem["prompt"], code, tests))
-
-
 def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[list[Program], list[int]]:
     """Distinct (task, code) programs, and for each rollout row the index of its program."""
     by_task = {row["task_id"]: row for row in problems.iter_rows(named=True)}
@@ -39,17 +33,8 @@ def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[lis
     if unknown:
         raise ExecuteInputError(f"rollouts name {len(unknown)} task ids not in the problems artifact "
                                 f"(e.g. {sorted(unknown)[0]}): pass the problems the rollouts were made from")
-    index_of: dict[tuple[str, str], int] = {}
-    programs: list[Program] = []
-    row_program: list[int] = []
-    for task_id, code in zip(rollouts["task_id"], rollouts["code"]):
-        key = (task_id, code)
-        if key not in index_of:
-            index_of[key] = len(programs)
-            problem = by_task[task_id]
-            programs.append(sandbox_program(str(len(programs)), problem, code, problem["private_tests"]))
-        row_program.append(index_of[key])
-    return programs, row_program
+    return distinct_programs((by_task[task_id], code, by_task[task_id]["private_tests"])
+                             for task_id, code in zip(rollouts["task_id"], rollouts["code"]))
 
 
 def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:
@@ -84,6 +69,10 @@ def run_on_cluster(cfg, programs):
     return [verdict for batch in run_batches(judge, batches, cfg.compute.dask_address) for verdict in batch]
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("sandbox",)
+
+
 def execute_stage(cfg, root: str, rollouts, problems):
     """Store-level stage: label stored rollouts against stored problems."""
     from mucode.artifacts import ArtifactStore
@@ -98,9 +87,9 @@ def execute_stage(cfg, root: str, rollouts, problems):
             labelled = label_rollouts(frame, problem_frame, sandbox.run)
     metrics = {"rows": labelled.height, "oracle_pass_rate": float(labelled["oracle_passed"].mean() or 0.0),
                "label_mismatches": int(labelled["label_mismatch"].sum())}
-    return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest("sandbox"),
+    return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[rollouts.hash, problems.hash], extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-execute_task = stage_task(execute_stage, name="execute", sections=("sandbox",), retries=2)
+execute_task = stage_task(execute_stage, name="execute", sections=SECTIONS, retries=2)

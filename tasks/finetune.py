@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.config import ComputeConfig, FinetuneConfig
 from mucode.models import ResolvedModel, resolve
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
@@ -106,9 +107,7 @@ def tokenize_sft(tokenizer: PreTrainedTokenizerBase, sft: pl.DataFrame,
 
 
 def check_sft(sft: pl.DataFrame) -> None:
-    missing = [c for c in SFT_COLUMNS if c not in sft.columns]
-    if missing:
-        raise FinetuneInputError(f"the SFT frame lacks columns {missing}: pass the output of the relabel stage")
+    require_columns(sft, SFT_COLUMNS, FinetuneInputError, "the SFT frame", "pass the output of the relabel stage")
     if sft.height == 0:
         raise FinetuneInputError("the SFT frame is empty: the relabel policy produced no examples "
                                  "(rft/oracle need at least one passing answer)")
@@ -211,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_metrics(args.metrics, metrics)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "finetune", "compute", "seed")
 
 
 def finetune_stage(cfg, root: str, sft):
@@ -222,9 +221,13 @@ def finetune_stage(cfg, root: str, sft):
     store = ArtifactStore(root)
     with store.scratch_dir("finetune") as out_dir:
         metrics = finetune(cfg.finetune, cfg.compute, cfg.model.name, store.get_frame(sft), out_dir, seed=cfg.seed)
-        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest("model", "finetune", "compute", "seed"),
+        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest(*SECTIONS),
                              inputs=[sft.hash], extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-finetune_task = stage_task(finetune_stage, name="finetune", sections=("model", "finetune", "compute", "seed"), gpu=True)
+finetune_task = stage_task(finetune_stage, name="finetune", sections=SECTIONS, gpu=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

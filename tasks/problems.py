@@ -9,6 +9,10 @@ from __future__ import annotations
 from mucode.orchestration import stage_task
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("data",)
+
+
 def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None, sample: int | None = None):
     """`sample`: problems drawn by `cfg.data.train_sample_seed` before the limit (None: all)."""
     from mucode.artifacts import ArtifactStore
@@ -16,10 +20,10 @@ def problems_stage(cfg, root: str, dataset: str, split: str, limit: int | None, 
 
     frame = load_problems(dataset, split, data_dir=cfg.data.data_dir, limit=limit, sample=sample,
                           sample_seed=cfg.data.train_sample_seed)
-    return ArtifactStore(root).put_frame(frame, stage="problems", config_hash=cfg.section_digest("data"),
+    return ArtifactStore(root).put_frame(frame, stage="problems", config_hash=cfg.section_digest(*SECTIONS),
                                          extra={"dataset": dataset, "split": split, "limit": limit,
                                                 "sample": sample})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-problems_task = stage_task(problems_stage, name="problems", sections=("data",))
+problems_task = stage_task(problems_stage, name="problems", sections=SECTIONS)

@@ -28,6 +28,7 @@ import math
 
 import polars as pl
 
+from mucode.columns import require_columns
 from mucode.config import RelabelConfig
 from mucode.prompts import extract_code
 
@@ -195,9 +196,8 @@ def _conversation_key(messages: list[dict[str, str]]) -> str:
 
 
 def _check_aggregate(aggregated: pl.DataFrame) -> None:
-    missing = [column for column in AGGREGATE_COLUMNS if column not in aggregated.columns]
-    if missing:
-        raise RelabelInputError(f"the aggregate lacks columns {missing}: pass the output of the aggregate stage")
+    require_columns(aggregated, AGGREGATE_COLUMNS, RelabelInputError, "the aggregate",
+                    "pass the output of the aggregate stage")
     if aggregated.height == 0:
         raise RelabelInputError("the aggregate is empty: run the rollout, execute and aggregate stages first")
 
@@ -207,16 +207,18 @@ def _checked_scores(scores: pl.DataFrame | None, policy: str) -> pl.DataFrame:
         raise RelabelInputError(
             f"relabel policy {policy!r} needs verifier scores: train the verifier and pass its scores frame"
         )
-    missing = [column for column in SCORE_COLUMNS if column not in scores.columns]
-    if missing:
-        raise RelabelInputError(f"the scores frame lacks columns {missing}: expected {list(SCORE_COLUMNS)}")
+    require_columns(scores, SCORE_COLUMNS, RelabelInputError, "the scores frame", f"expected {list(SCORE_COLUMNS)}")
     return scores
+
+
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("relabel", "verifier")
 
 
 def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     """Store-level stage: the SFT dataset of the configured policy (verifier None: oracle-only policies)."""
     from mucode.artifacts import ArtifactStore
-    from mucode.tasks.verifier import VerifierScorer, score_final_answers
+    from mucode.verifier_scorer import VerifierScorer, score_final_answers
 
     store = ArtifactStore(root)
     frame = store.get_frame(aggregated)
@@ -228,9 +230,9 @@ def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     metrics = {"examples": sft.height, "problems": sft["task_id"].n_unique(),
                "target_pass_rate": float(sft["target_oracle_passed"].mean() or 0.0) if sft.height else 0.0}
     inputs = [aggregated.hash, problems.hash] + ([verifier.hash] if verifier is not None else [])
-    return store.put_frame(sft, stage="relabel", config_hash=cfg.section_digest("relabel", "verifier"),
+    return store.put_frame(sft, stage="relabel", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=inputs, extra={"policy": cfg.relabel.policy, "metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-relabel_task = stage_task(relabel_stage, name="relabel", sections=("relabel", "verifier"))
+relabel_task = stage_task(relabel_stage, name="relabel", sections=SECTIONS)

@@ -5,6 +5,8 @@ together: each turn, every unfinished trajectory contributes one generation requ
 turn's programs (each answer's code on the public tests, for feedback, and on the oracle
 tests, for the stop rule and the record) go to the sandbox as one batch. Training rollouts
 stop once a turn passes public and private tests; evaluation-mode rollouts run all T turns.
+The loop itself is `mucode.search` (one answer per rollout and turn); this module chooses
+the seed streams (`generate_turn`) and writes the rows.
 
 Writes one row per turn (schema in docs/architecture.md). It does not label data for
 training (that is the execute stage) and does not choose among samples (that is evaluation).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from mucode.orchestration import stage_task
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -22,9 +25,9 @@ from typing import Callable, Sequence
 import polars as pl
 
 from mucode.engines import SamplingParams
-from mucode.environment import Mode, Trajectory, extend_conversation, initial_conversation, is_finished
+from mucode.environment import Mode, initial_conversation, is_finished
 from mucode.prompts import feedback_text
-from mucode.tasks.execute import sandbox_program
+from mucode.search import Candidate, Choice, Search, judge_candidates, play_turn, require_problems, run_turns
 
 ROLLOUT_SCHEMA = {
     "task_id": pl.String, "rollout_id": pl.Int64, "turn": pl.Int64, "prompt_messages": pl.String,
@@ -32,7 +35,6 @@ ROLLOUT_SCHEMA = {
     "private_passed": pl.Boolean, "final": pl.Boolean, "generator": pl.String,
     "temperature": pl.Float64, "top_p": pl.Float64, "max_new_tokens": pl.Int64, "seed": pl.Int64,
 }
-REQUIRED_PROBLEM_COLUMNS = ("task_id", "dataset", "prompt", "public_tests", "private_tests")
 
 
 class RolloutInputError(ValueError):
@@ -58,25 +60,15 @@ class RolloutStats:
 ProgressCallback = Callable[[RolloutStats], None]
 
 
-def check_problems(problems: pl.DataFrame) -> None:
-    missing = [c for c in REQUIRED_PROBLEM_COLUMNS if c not in problems.columns]
-    if missing:
-        raise RolloutInputError(f"problems frame lacks columns {missing}: build it with `mucode data`")
-    if problems.height == 0:
-        raise RolloutInputError("no problems to roll out: check the dataset split and --limit")
-    if problems["task_id"].n_unique() != problems.height:
-        raise RolloutInputError("problems frame has duplicate task_id values: deduplicate it first")
-
-
 def turn_seed(seed: int, turn: int) -> int:
     # Each turn samples with its own seed so that a rerun reproduces every turn.
     return seed * 1_000 + turn
 
 
-def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rollouts: int,
+def generate_turn(engine, searches: Sequence[Search], turn: int, num_rollouts: int,
                   sampling: SamplingParams, chunk_size: int,
                   on_chunk: Callable[[int], None]) -> list[str]:
-    """One answer for each live trajectory, in order.
+    """One answer for each live rollout, in order.
 
     On turn 1 every rollout of a problem shares the same conversation, so one request with
     n = K samples per problem is sent (the engine shares the prompt); later turns differ.
@@ -87,89 +79,82 @@ def generate_turn(engine, trajectories: Sequence[Trajectory], turn: int, num_rol
     seeded = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                             max_new_tokens=sampling.max_new_tokens, seed=turn_seed(sampling.seed, turn))
     if turn == 1:
-        firsts = trajectories[::num_rollouts]
+        firsts = searches[::num_rollouts]
         answers: list[str] = []
         step = max(1, chunk_size // num_rollouts)
         for start in range(0, len(firsts), step):
             chunk = firsts[start:start + step]
-            streams = [f"{t.task_id}/turn-1" for t in chunk]
-            for samples in engine.generate([t.conversation for t in chunk], num_rollouts, seeded, streams=streams):
+            streams = [f"{s.problem['task_id']}/turn-1" for s in chunk]
+            for samples in engine.generate([s.conversation for s in chunk], num_rollouts, seeded, streams=streams):
                 answers.extend(samples)
             on_chunk(len(chunk) * num_rollouts)
         return answers
     answers = []
-    for start in range(0, len(trajectories), chunk_size):
-        chunk = trajectories[start:start + chunk_size]
-        streams = [f"{t.task_id}/rollout-{t.rollout_id}/turn-{turn}" for t in chunk]
-        answers.extend(samples[0] for samples in engine.generate([t.conversation for t in chunk], 1, seeded,
+    for start in range(0, len(searches), chunk_size):
+        chunk = searches[start:start + chunk_size]
+        streams = [f"{s.problem['task_id']}/rollout-{s.search_id}/turn-{turn}" for s in chunk]
+        answers.extend(samples[0] for samples in engine.generate([s.conversation for s in chunk], 1, seeded,
                                                                  streams=streams))
         on_chunk(len(chunk))
     return answers
 
 
-def judge_turn(sandbox, trajectories: Sequence[Trajectory], problem_of: dict[str, dict[str, str]]):
-    """Public and oracle verdicts for each trajectory's latest code, in one sandbox batch."""
-    programs = []
-    for index, trajectory in enumerate(trajectories):
-        problem = problem_of[trajectory.task_id]
-        programs.append(sandbox_program(f"{index}:public", problem, trajectory.code, problem["public_tests"]))
-        programs.append(sandbox_program(f"{index}:private", problem, trajectory.code, problem["private_tests"]))
-    verdicts = sandbox.run(programs)
-    return verdicts[0::2], verdicts[1::2]
-
-
 def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, max_turns: int,
                  sampling: SamplingParams, mode: Mode = "train", generator_hash: str = "",
                  chunk_size: int = 64, progress: ProgressCallback | None = None) -> pl.DataFrame:
-    """K rollouts of up to T turns for every problem; one row per turn."""
-    check_problems(problems)
-    problem_of = {row["task_id"]: row for row in problems.iter_rows(named=True)}
-    trajectories = [
-        Trajectory(row["task_id"], rollout_id,
-                   initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
+    """K rollouts of up to T turns for every problem; one row per turn.
+
+    The multi-turn loop of `mucode.search` with one answer per rollout and turn (kept
+    without selection) and the `mode`'s stop rule.
+    """
+    require_problems(problems, RolloutInputError, fix="build it with `mucode data`",
+                     empty="no problems to roll out: check the dataset split and --limit")
+    live = [
+        Search(row, rollout_id, initial_conversation(row["prompt"], row["public_tests"], row["dataset"]))
         for row in problems.iter_rows(named=True) for rollout_id in range(num_rollouts)
     ]
     rows: list[dict] = []
     stats = RolloutStats()
-    for turn in range(1, max_turns + 1):
-        live = [t for t in trajectories if not t.finished]
-        if not live:
-            break
-        stats.turn, stats.live, stats.done_in_turn = turn, len(live), 0
 
-        def advance(count: int) -> None:
-            stats.done_in_turn += count
-            if progress:
-                progress(stats)
+    def advance(count: int) -> None:
+        stats.done_in_turn += count
+        if progress:
+            progress(stats)
 
+    def generate(searches: list[Search], turn: int) -> list[list[str]]:
+        stats.turn, stats.live, stats.done_in_turn = turn, len(searches), 0
         tokens_before, started = engine.tokens_generated, time.perf_counter()
-        answers = generate_turn(engine, live, turn, num_rollouts, sampling, chunk_size, advance)
+        answers = generate_turn(engine, searches, turn, num_rollouts, sampling, chunk_size, advance)
         stats.generation_s += time.perf_counter() - started
         stats.tokens += engine.tokens_generated - tokens_before
+        return [[answer] for answer in answers]
 
-        prefixes = [json.dumps(t.conversation) for t in live]
-        for trajectory, answer in zip(live, answers):
-            trajectory.answers.append(answer)
+    def judge(replies: list[tuple[dict[str, str], str]]) -> list[Candidate]:
         started = time.perf_counter()
-        public, private = judge_turn(sandbox, live, problem_of)
+        candidates = judge_candidates(sandbox, None, replies)
         stats.execution_s += time.perf_counter() - started
+        return candidates
 
-        for trajectory, prefix, public_verdict, private_verdict in zip(live, prefixes, public, private):
-            text = feedback_text(public_verdict.passed, public_verdict.feedback)
-            trajectory.finished = is_finished(mode, turn, max_turns, public_verdict.passed, private_verdict.passed)
+    def stops(turn: int, candidate: Candidate) -> bool:
+        return is_finished(mode, turn, max_turns, candidate.public_passed, candidate.private_passed)
+
+    def record(turn: int, searches: list[Search], choices: list[Choice], stopped: list[bool]) -> None:
+        for search, choice, final in zip(searches, choices, stopped):
+            candidate = choice.candidate
             rows.append({
-                "task_id": trajectory.task_id, "rollout_id": trajectory.rollout_id, "turn": turn,
-                "prompt_messages": prefix, "response": trajectory.answers[-1], "code": trajectory.code,
-                "public_passed": public_verdict.passed, "feedback": text,
-                "private_passed": private_verdict.passed, "final": trajectory.finished,
+                "task_id": search.problem["task_id"], "rollout_id": search.search_id, "turn": turn,
+                "prompt_messages": json.dumps(search.conversation), "response": candidate.response,
+                "code": candidate.code, "public_passed": candidate.public_passed,
+                "feedback": feedback_text(candidate.public_passed, candidate.public_feedback),
+                "private_passed": candidate.private_passed, "final": final,
                 "generator": generator_hash, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_new_tokens": sampling.max_new_tokens, "seed": sampling.seed,
             })
-            if not trajectory.finished:
-                trajectory.conversation = extend_conversation(
-                    trajectory.conversation, trajectory.answers[-1], public_verdict.passed, public_verdict.feedback)
         if progress:
             progress(stats)
+
+    play = functools.partial(play_turn, generate=generate, judge=judge, select=lambda search, group: 0)
+    run_turns(live, max_turns, play, stops, record, until_empty=True)
     order = {task_id: index for index, task_id in enumerate(problems["task_id"])}
     rows.sort(key=lambda row: (order[row["task_id"]], row["rollout_id"], row["turn"]))
     return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
@@ -190,6 +175,10 @@ def summarize_rollouts(rollouts: pl.DataFrame) -> dict[str, float]:
     return summary
 
 
+# The config sections the stage reads: its cache key and its manifest's config hash.
+SECTIONS = ("model", "engine", "rollout", "sandbox", "seed")
+
+
 def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     """Store-level stage: roll out `generator` (None = the base model) on stored problems."""
     from mucode.artifacts import ArtifactStore
@@ -208,11 +197,11 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
                                 generator_hash=generator_hash, chunk_size=4 * cfg.engine.batch_size,
                                 progress=progress)
     return store.put_frame(rollouts, stage="rollout",
-                           config_hash=cfg.section_digest("model", "engine", "rollout", "seed"),
+                           config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[problems.hash, generator_hash],
                            extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts)})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
-rollout_task = stage_task(rollout_stage, name="rollout", sections=("model", "engine", "rollout", "sandbox", "seed"),
+rollout_task = stage_task(rollout_stage, name="rollout", sections=SECTIONS,
                           gpu=True, retries=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mucode.tasks.evaluate import ROW_SCHEMA
+from mucode.best_of_n import ROW_SCHEMA
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ from mucode.flows.compare import arm_config, compare_plan, evaluation_plan
 from mucode.flows.experiment import IterationRecord, read_iterations
 from mucode.orchestration import TIMINGS_FILE, read_timings, record_timing
 from mucode.tasks.compare import compare_stage
-from mucode.tasks.evaluate import summarize
+from mucode.eval_summary import summarize
 from report_support import png_size, rows_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,15 +14,10 @@ import polars as pl
 import pytest
 
 from mucode.metrics import pass_at_k
-from mucode.tasks.evaluate import (
-    ROW_SCHEMA,
-    EvaluationError,
-    check_selection,
-    scaling_plan,
-    search_rng,
-    select_candidate,
-    summarize,
-)
+from mucode.best_of_n import ROW_SCHEMA
+from mucode.eval_summary import summarize
+from mucode.selection import EvaluationError, check_selection, search_rng, select_candidate
+from mucode.tasks.evaluate import scaling_plan
 
 
 def search_rows(task_id: str, search_id: int, public: list[bool], private: list[bool], n: int = 2,
@@ -182,7 +177,7 @@ def test_summary_of_nothing_is_an_error():
 from mucode.engines import SamplingParams  # noqa: E402
 from mucode.engines.base import Engine  # noqa: E402
 from mucode.prompts import first_user_message  # noqa: E402
-from mucode.tasks.evaluate import run_search  # noqa: E402
+from mucode.best_of_n import run_search  # noqa: E402
 
 PRIVATE_MARKER = "assert add(123456, 1) == 123457"
 
@@ -311,9 +306,10 @@ def test_small_chunks_split_generation_by_whole_problems_and_change_no_row(sandb
     ([2, 2], 100, [4]),
 ])
 def test_problem_chunks_fill_up_to_the_limit_without_splitting_a_problem(searches_per_problem, limit, expected):
-    from mucode.tasks.evaluate import _Search, problem_chunks
+    from mucode.best_of_n import problem_chunks
+    from mucode.search import Search
 
-    live = [_Search({"task_id": f"p{index}"}, search_id, [], random.Random(0))
+    live = [Search({"task_id": f"p{index}"}, search_id, [], random.Random(0))
             for index, count in enumerate(searches_per_problem) for search_id in range(count)]
     chunks = problem_chunks(live, limit)
     assert [len(chunk) for chunk in chunks] == expected
@@ -456,7 +452,7 @@ def test_a_search_whose_turns_all_finished_generates_nothing(sandbox):
 
 
 def test_finished_rows_that_do_not_fit_the_run_are_refused(sandbox):
-    from mucode.tasks.evaluate import finished_turns
+    from mucode.best_of_n import finished_turns
 
     finished = interrupted_after(2, sandbox, "pt", n=2, turns=3, searches=2)
     searches = {(task, s) for task in ("add", "neg") for s in range(2)}
@@ -566,7 +562,7 @@ def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrai
     from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
     from mucode.report import build_report
     from mucode.sandbox import make_sandbox
-    from mucode.tasks.verifier import VerifierScorer
+    from mucode.verifier_scorer import VerifierScorer
 
     problems = load_problems("humaneval", "test", limit=2)
     scorer = VerifierScorer(untrained_verifier, batch_size=8, max_length=512)
@@ -749,7 +745,7 @@ def test_codecontests_search_prompts_engine_and_verifier_with_the_stdio_message(
     from mucode.models import resolve_model
     from mucode.prompts import STDIO_FIRST_MESSAGE_TEMPLATE
     from mucode.sandbox import make_sandbox
-    from mucode.tasks.verifier import VerifierScorer
+    from mucode.verifier_scorer import VerifierScorer
 
     problems = codecontests_problems(tmp_path)
     problem = problems.row(0, named=True)

@@ -3,7 +3,8 @@ import pytest
 
 from mucode.data import stdio_harness
 from mucode.sandbox import make_sandbox
-from mucode.tasks.execute import ExecuteInputError, label_rollouts, oracle_programs, sandbox_program
+from mucode.data.programs import sandbox_program
+from mucode.tasks.execute import ExecuteInputError, label_rollouts, oracle_programs
 
 PROBLEMS = pl.DataFrame({
     "task_id": ["t/add"], "dataset": ["mbpp"], "prompt": ["Write add(a, b)."],
@@ -93,7 +94,7 @@ def helper_problems() -> pl.DataFrame:
 def test_humaneval_answers_that_rewrite_only_the_target_can_call_the_prompts_helpers(sandbox, helper_problems):
     from mucode.data.verify import failing_solutions
     from mucode.prompts import extract_code
-    from mucode.tasks.evaluate import execute_candidates
+    from mucode.search import execute_candidates
 
     assert helper_problems.height == 4
     rows = list(helper_problems.iter_rows(named=True))
@@ -112,7 +113,7 @@ def test_humaneval_answers_that_rewrite_only_the_target_can_call_the_prompts_hel
 
 
 def test_an_answer_that_redefines_a_prompt_helper_runs_its_own(sandbox, helper_problems):
-    from mucode.tasks.evaluate import execute_candidates
+    from mucode.search import execute_candidates
 
     row = helper_problems.filter(pl.col("task_id") == "humaneval/10").row(0, named=True)
     code = chat_answer(row).split("```python\n")[1].split("```")[0]

@@ -3,7 +3,6 @@ line on stderr and exit code 1, before anything is installed. The GPU run itself
 A stand-in `nvidia-smi` on PATH plays a driver that cannot reach a GPU, or sees none."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

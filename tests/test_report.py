@@ -23,7 +23,7 @@ from mucode.report import (
     set_percent_ylim,
     table_records,
 )
-from mucode.tasks.evaluate import summarize
+from mucode.eval_summary import summarize
 from report_support import PNG_SIGNATURE, png_size, rows_for
 
 

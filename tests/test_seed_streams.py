@@ -13,7 +13,8 @@ import random
 import pytest
 
 from mucode.engines import SamplingParams
-from mucode.environment import Trajectory, extend_conversation, initial_conversation
+from mucode.environment import extend_conversation, initial_conversation
+from mucode.search import Search
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def test_identical_rollouts_at_turn_two_get_distinct_samples_whatever_the_chunk_
     conversation = second_turn_conversation()
     by_chunk = {}
     for chunk_size in (1, 2, ROLLOUTS):
-        trajectories = [Trajectory("t/add", rollout, list(conversation)) for rollout in range(ROLLOUTS)]
+        trajectories = [Search({"task_id": "t/add"}, rollout, list(conversation)) for rollout in range(ROLLOUTS)]
         by_chunk[chunk_size] = generate_turn(engine, trajectories, 2, ROLLOUTS, SAMPLING, chunk_size, lambda _: None)
     for chunk_size, answers in by_chunk.items():
         assert len(set(answers)) == ROLLOUTS, (chunk_size, answers)
@@ -52,13 +53,13 @@ def test_identical_rollouts_at_turn_two_get_distinct_samples_whatever_the_chunk_
 
 
 def test_searches_of_problems_with_the_same_text_get_distinct_candidates_whatever_the_chunking(engine):
-    from mucode.tasks.evaluate import _Search, generate_candidates
+    from mucode.best_of_n import generate_candidates
 
     # Two problems with the same text (datasets hold duplicates), two searches each, N = 2.
     conversation = second_turn_conversation()
     by_chunk = {}
     for chunk_draws in (2, 8):  # one problem a call, or both in one call
-        live = [_Search({"task_id": task}, search, list(conversation), random.Random(0))
+        live = [Search({"task_id": task}, search, list(conversation), random.Random(0))
                 for task in ("t/a", "t/b") for search in range(2)]
         by_chunk[chunk_draws] = generate_candidates(engine, live, 2, 2, SAMPLING, chunk_draws)
     for chunk_draws, samples in by_chunk.items():

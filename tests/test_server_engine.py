@@ -216,12 +216,13 @@ def test_batched_multi_turn_generation_through_a_real_server(served_model: str) 
     """Two turns of the rollout stage's generation (``generate_turn``: turn 1 shares each
     problem's prompt over K samples, turn 2 sends every trajectory's own conversation).
     The sandbox verdicts are replaced by a fixed failing feedback: only generation is tested."""
-    from mucode.environment import Trajectory, extend_conversation, initial_conversation
+    from mucode.environment import extend_conversation, initial_conversation
+    from mucode.search import Search
     from mucode.tasks.rollout import generate_turn
 
     problems = [("t/add", "Write add(a, b).", "assert add(1, 2) == 3"),
                 ("t/mul", "Write mul(a, b).", "assert mul(2, 3) == 6")]
-    trajectories = [Trajectory(task, rollout, initial_conversation(prompt, tests, ""))
+    trajectories = [Search({"task_id": task}, rollout, initial_conversation(prompt, tests, ""))
                     for task, prompt, tests in problems for rollout in range(2)]
     sampling = SamplingParams(temperature=0.7, max_new_tokens=24, seed=1)
     drawn: list[int] = []

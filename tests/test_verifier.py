@@ -14,10 +14,11 @@ import pytest
 from mucode.config import BUNDLED_MODEL, ComputeConfig, VerifierConfig
 from mucode.prompts import first_user_message
 from mucode.training import trainer_arguments
-from mucode.tasks.verifier import (VerifierInputError, VerifierScorer, average_ranks, centered_reward_trainer_class,
-                                   pairwise_accuracy, preference_pairs, roc_auc, score_final_answers,
-                                   split_problems, train_verifier, training_data, verifier_input_ids,
-                                   verifier_samples, verifier_text)
+from mucode.tasks.verifier import train_verifier, training_data
+from mucode.verifier_data import (VerifierInputError, preference_pairs, split_problems, verifier_input_ids,
+                                  verifier_samples, verifier_text)
+from mucode.verifier_scorer import VerifierScorer, average_ranks, pairwise_accuracy, roc_auc, score_final_answers
+from mucode.verifier_trainers import centered_reward_trainer_class
 
 PROBLEMS = {
     "add": ("Write a function add(a, b) that returns the sum of a and b.", "assert add(1, 2) == 3",
@@ -354,7 +355,7 @@ def test_lora_verifier_trains_its_score_head_and_saves_a_merged_plain_model(tmp_
     from transformers import AutoModelForSequenceClassification
 
     from mucode.models import load_tokenizer
-    from mucode.tasks.verifier import load_sequence_classifier
+    from mucode.verifier_trainers import load_sequence_classifier
     from mucode.training import trainable_model
 
     cfg = tiny_config("bce", batch_size=4, heldout_fraction=0.0, learning_rate=1e-3, method="lora")
