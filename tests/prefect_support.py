@@ -43,11 +43,14 @@ def api(env: dict[str, str]):
     return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
 
 
+def python_command(code: str) -> list[str]:
+    """A fresh interpreter running `code` with the tests importable (run it with cwd=REPO)."""
+    return [PYTHON, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r})\n" + code]
+
+
 def run_python(code: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter in the repository, with the tests importable."""
-    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
-    return subprocess.run([PYTHON, "-c", prelude + code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(python_command(code), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def last_json_line(output: str) -> dict:

@@ -21,7 +21,7 @@ from prefect import flow
 
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.orchestration import experiment_root, stage_task
-from prefect_support import (PYTHON, REPO, SMOKE, TESTS, api, calls, last_json_line, log_call, make_config,
+from prefect_support import (PYTHON, REPO, SMOKE, api, calls, last_json_line, log_call, make_config, python_command,
                              run_python, smoke_overrides, task_run_states)
 
 
@@ -133,9 +133,8 @@ def test_killed_run_resumes_from_the_killed_stage(prefect_server, tmp_path):
     root = experiment_root(make_config(str(tmp_path)))
     Path(root).mkdir(parents=True)
     (Path(root) / "hang-finetune").touch()
-    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
     log = open(tmp_path / "killed-run.log", "w")  # a file, not a pipe nobody reads: it never fills up
-    process = subprocess.Popen([PYTHON, "-c", prelude + RUN_TOY_ITERATION.format(run_dir=str(tmp_path))],
+    process = subprocess.Popen(python_command(RUN_TOY_ITERATION.format(run_dir=str(tmp_path))),
                                env=prefect_server, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (Path(root) / "finetune-started").exists():
@@ -238,11 +237,10 @@ print(json.dumps({{"id": str(state.state_details.flow_run_id), "state": state.na
 @pytest.mark.slow
 def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_verifier(prefect_server, tmp_path):
     code = RUN_SMOKE_ITERATION.format(config=SMOKE, overrides=smoke_overrides(tmp_path))
-    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
     since = datetime.datetime.now(datetime.timezone.utc).isoformat()
     started = time.perf_counter()
     log = open(tmp_path / "killed-run.log", "w")  # a file, not a pipe nobody reads: it never fills up
-    process = subprocess.Popen([PYTHON, "-c", prelude + code], env=prefect_server, cwd=REPO, stdout=log,
+    process = subprocess.Popen(python_command(code), env=prefect_server, cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     killed_id = _wait_for_running_task(prefect_server, process, "finetune", since, timeout=1800)
     print(f"smoke iteration reached finetune after {time.perf_counter() - started:.1f} s: killing it")
