@@ -7,7 +7,8 @@
   (`mucode.eval_checkpoint`): rerun the same command after an interruption and it resumes
   at the last finished turn.
 - `evaluate_stage` / `evaluate_task`: the same search over stored artifacts, its rows the
-  artifact and its summary (`mucode.eval_summary.summarize`) in the manifest.
+  artifact and its summary (`mucode.eval_summary.summarize`) in the manifest; checkpointed
+  after every turn too, so a killed stage, run again, resumes at its last finished turn.
 - `alias_evaluation_stage`: an evaluation's rows under another method's name.
 
 This module does not select candidates (`mucode.selection`), run the turns
@@ -21,6 +22,7 @@ from mucode.orchestration import stage_task
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,6 +162,13 @@ def _resumable_rows(checkpoint: Path, problems: pl.DataFrame, *, n: int, turns: 
 
 # The config sections the stage reads: its cache key and its manifest's config hash.
 SECTIONS = ("model", "engine", "evaluation", "sandbox", "seed")
+CHECKPOINT_DIR = "checkpoints"  # under the experiment directory: the turn checkpoints of unfinished evaluations
+
+
+def checkpoint_folder(store, stage: str) -> Path:
+    """Where the turn checkpoints of one evaluation stage live; a remote store keeps them in local temp."""
+    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
+    return base / CHECKPOINT_DIR / stage
 
 
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):
@@ -167,12 +176,16 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
 
     The rows are the artifact; its manifest carries what the report needs (method, dataset,
     N, selection, the summary with intervals), so the report is rebuilt from artifacts alone.
+    The rows are checkpointed after every turn (`mucode.eval_checkpoint`, under
+    ROOT/checkpoints/): a killed stage, run again, resumes at its last finished turn.
     """
 
     from mucode.artifacts import ArtifactStore
     from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, generator_model, model_hash, sampling_params
 
+    evaluation = cfg.evaluation
     check_selection(selection, has_verifier=verifier is not None)
+    check_sizes(n, evaluation.turns, evaluation.searches)
     store = ArtifactStore(root)
     frame = store.get_frame(problems)
     scorer = None
@@ -181,23 +194,44 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
 
         scorer = VerifierScorer(store.get_dir(verifier), batch_size=cfg.verifier.batch_size,
                                 max_length=cfg.verifier.max_length)
+    sampling = sampling_params(evaluation.sampling, seed=cfg.seed)
+    model = generator_model(cfg, store, generator)
+    stage = f"evaluate-{label.replace('/', '_')}"  # a label may be a model path; the stage is a folder name
+    # A base model is named, not stored: its files decide whether a checkpoint is still its own.
+    settings = {"problems": problems.hash,
+                "generator": generator.hash if generator is not None else files_fingerprint(model.path),
+                "verifier": verifier.hash if verifier is not None else None,
+                "n": n, "turns": evaluation.turns, "searches": evaluation.searches, "selection": selection,
+                "sampling": dataclasses.asdict(sampling), "seed": cfg.seed,
+                "stop_at_public_pass": evaluation.stop_at_public_pass}
+    folder = checkpoint_folder(store, stage)
+    checkpoint = checkpoint_path(folder, n, checkpoint_key(settings))
+    for stale in remove_checkpoints(folder, n, keep=checkpoint):
+        print(f"removed {stale}: a checkpoint of other settings", file=sys.stderr)
+    finished = _resumable_rows(checkpoint, frame, n=n, turns=evaluation.turns, searches=evaluation.searches,
+                               selection=selection)
     started = time.perf_counter()
-    with make_engine_from_config(cfg, generator_model(cfg, store, generator)) as engine, make_sandbox_from_config(cfg) as sandbox:
-        rows = run_search(frame, engine, sandbox, scorer, n=n, turns=cfg.evaluation.turns,
-                          searches=cfg.evaluation.searches, selection=selection,
-                          sampling=sampling_params(cfg.evaluation.sampling, seed=cfg.seed), seed=cfg.seed,
+    with make_engine_from_config(cfg, model) as engine, make_sandbox_from_config(cfg) as sandbox:
+        rows = run_search(frame, engine, sandbox, scorer, n=n, turns=evaluation.turns,
+                          searches=evaluation.searches, selection=selection, sampling=sampling, seed=cfg.seed,
+                          progress=True, finished_rows=finished,
+                          on_turn=lambda made: save_checkpoint(checkpoint, made),
                           chunk_draws=4 * cfg.engine.batch_size,
-                          stop_at_public_pass=cfg.evaluation.stop_at_public_pass)
+                          stop_at_public_pass=evaluation.stop_at_public_pass)
     summary = summarize(rows, seed=cfg.seed)
     meta = {"method": label, "dataset": str(frame["dataset"][0]), "n": n, "selection": selection,
-            "turns": cfg.evaluation.turns, "searches": cfg.evaluation.searches,
+            "turns": evaluation.turns, "searches": evaluation.searches,
             "details": {"generator": model_hash(cfg, generator), "verifier": verifier.hash if verifier else "",
-                        "seed": cfg.seed, "wall_s": round(time.perf_counter() - started, 2)}}
+                        "seed": cfg.seed, "temperature": sampling.temperature,
+                        "max_new_tokens": sampling.max_new_tokens, "wall_s": round(time.perf_counter() - started, 2),
+                        "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0)}}
     inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
     # One folder per method: two methods can produce identical rows (an arm that had nothing to
     # train on is the base model), and one content-addressed file would carry only one manifest.
-    return store.put_frame(rows, stage=f"evaluate-{label}", config_hash=cfg.section_digest(*SECTIONS),
-                           inputs=inputs, extra={"evaluation": meta, "metrics": summary})
+    artifact = store.put_frame(rows, stage=stage, config_hash=cfg.section_digest(*SECTIONS),
+                               inputs=inputs, extra={"evaluation": meta, "metrics": summary})
+    checkpoint.unlink(missing_ok=True)  # the rows are stored: nothing is left to resume
+    return artifact
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

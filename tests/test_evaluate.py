@@ -472,6 +472,54 @@ def test_finished_rows_that_do_not_fit_the_run_are_refused(sandbox):
         finished_turns(finished, searches, n=2, turns=1, selection="pt")
 
 
+def scripted_stage(monkeypatch, engine: ScriptedEngine) -> None:
+    """The evaluate stage with `engine` in place of the configured model (the real local sandbox)."""
+    from types import SimpleNamespace
+
+    import mucode.stage_resources as resources
+
+    monkeypatch.setattr(resources, "generator_model", lambda cfg, store, model: SimpleNamespace(path="scripted"))
+    monkeypatch.setattr(resources, "make_engine_from_config", lambda cfg, model: engine)
+
+
+def test_a_killed_evaluate_stage_resumes_at_its_last_finished_turn(tmp_path, monkeypatch, capsys):
+    import mucode.tasks.evaluate as evaluate
+    from mucode.artifacts import ArtifactStore
+
+    cfg = tiny_config(n=2, turns=3, searches=2)
+    arguments = dict(generator=None, verifier=None, selection="pt", n=2, label="base")
+
+    def stage(root: Path, engine: ScriptedEngine):
+        scripted_stage(monkeypatch, engine)
+        problems = ArtifactStore(root).put_frame(problems_frame(), stage="problems")
+        return evaluate.evaluate_stage(cfg, str(root), problems=problems, **arguments)
+
+    whole = ArtifactStore(tmp_path / "whole").get_frame(stage(tmp_path / "whole", ScriptedEngine()))
+    real_save = evaluate.save_checkpoint
+
+    def save_then_die(path, rows):
+        real_save(path, rows)
+        if rows["turn"].max() == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        stage(tmp_path / "run", ScriptedEngine())
+    (checkpoint,) = (tmp_path / "run" / "checkpoints" / "evaluate-base").glob(".turns-n2-*.parquet")
+    assert set(pl.read_parquet(checkpoint)["turn"]) == {1, 2}
+
+    monkeypatch.setattr(evaluate, "save_checkpoint", real_save)
+    capsys.readouterr()
+    engine = ScriptedEngine()
+    resumed = stage(tmp_path / "run", engine)
+    assert f"resuming from {checkpoint}: 2 of 3 turns finished" in capsys.readouterr().err
+    assert len(engine.calls) == 1  # turn 3 only
+    store = ArtifactStore(tmp_path / "run")
+    assert store.get_frame(resumed).equals(whole)
+    assert store.manifest(resumed)["evaluation"]["details"]["resumed_after_turn"] == 2
+    assert not checkpoint.exists()  # the rows are stored: nothing is left to resume
+
+
 def test_checkpoint_files_round_trip_and_stale_or_torn_ones_are_dropped(tmp_path, capsys):
     from mucode.eval_checkpoint import (
         checkpoint_key,
