@@ -105,25 +105,19 @@ def rollout(config: Path = typer.Option(..., help="YAML config"),
 
 def _rollout(config: Path, out: Path, model_name: str | None, split: str | None, limit: int | None,
              overrides: list[str]) -> None:
+    from mucode.artifacts import ArtifactStore
     from mucode.config import load_config
-    from mucode.data import load_problems
-    from mucode.models import resolve
-    from mucode.progress import rollout_progress
-    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
-    from mucode.tasks.rollout import run_rollouts, summarize_rollouts
+    from mucode.orchestration import experiment_root
+    from mucode.tasks.problems import problems_stage
+    from mucode.tasks.rollout import rollout_stage, summarize_rollouts
 
-    cfg = load_config(config, overrides)
-    problems = load_problems(cfg.data.train_dataset, split or cfg.data.train_split, data_dir=cfg.data.data_dir,
-                             limit=limit or cfg.data.train_limit,
-                             sample=None if split else cfg.data.train_sample,  # the draw is of the training split
-                             sample_seed=cfg.data.train_sample_seed)
-    model = resolve(model_name or cfg.model.name)
-    with make_engine_from_config(cfg, model) as engine, make_sandbox_from_config(cfg) as sandbox, \
-            rollout_progress(problems.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:
-        frame = run_rollouts(problems, engine, sandbox, num_rollouts=cfg.rollout.num_rollouts,
-                             max_turns=cfg.rollout.max_turns, sampling=sampling_params(cfg.rollout.sampling, cfg.seed),
-                             generator_hash=model.content_hash, chunk_size=4 * cfg.engine.batch_size,
-                             progress=progress)
+    cfg = load_config(config, [*overrides, *([f"model.name={model_name}"] if model_name else [])])
+    root = experiment_root(cfg)
+    problems = problems_stage(cfg, root, cfg.data.train_dataset, split or cfg.data.train_split,
+                              limit=limit or cfg.data.train_limit,
+                              sample=None if split else cfg.data.train_sample)  # the draw is of the training split
+    # Iteration 0: the base model outside any flow iteration (the flow's own rollouts are 1..M).
+    frame = ArtifactStore(root).get_frame(rollout_stage(cfg, root, problems, None, iteration=0))
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out)
     summary = summarize_rollouts(frame)
@@ -172,16 +166,49 @@ def evaluate(config: Path = typer.Option(..., help="YAML config"),
              scaling_n: list[int] = typer.Option([], help="also run at this N, for the scaling plot (repeatable)"),
              temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
              method: Optional[str] = typer.Option(None, help="name of the method in the report")):
-    """Multi-turn Best-of-N evaluation; writes rows.parquet, summary.json and report.md."""
-    from mucode.config import load_config
-    from mucode.tasks.evaluate import evaluate_to_dir
-
-    cfg = _run(load_config, config)
-    summary = _run(evaluate_to_dir, cfg, generator=generator, verifier=verifier, dataset=dataset, out=out,
-                   selection=selection, n=n, turns=turns, searches=searches, limit=limit,
-                   scaling_ns=scaling_n, temperature=temperature, method=method)
+    """Multi-turn Best-of-N evaluation: the problems and evaluate stages over OUT's artifacts, then OUT/report.md."""
+    summary, report_path = _run(_evaluate, config, generator, dataset, out, verifier, selection, n, turns, searches,
+                                limit, scaling_n, temperature, method)
     for key, value in summary.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    typer.echo(f"report: {report_path}")
+
+
+def _evaluate(config: Path, generator: str, dataset: str, out: Path, verifier: str | None, selection: str | None,
+              n: int | None, turns: int | None, searches: int | None, limit: int | None, scaling_ns: list[int],
+              temperature: float | None, method: str | None) -> tuple[dict[str, float], str]:
+    """The summary of the main N's evaluation and the report's path; unset options come from the config."""
+    from mucode.artifacts import ArtifactStore
+    from mucode.best_of_n import check_sizes
+    from mucode.config import load_config
+    from mucode.report import build_report
+    from mucode.selection import check_selection
+    from mucode.tasks.evaluate import evaluate_stage, scaling_plan
+    from mucode.tasks.problems import problems_stage
+
+    # The generator is the run's base model: a name or a directory, not an artifact of OUT.
+    settings = {"model.name": generator, "evaluation.turns": turns, "evaluation.searches": searches,
+                "evaluation.sampling.temperature": temperature, "data.eval_limit": limit}
+    cfg = load_config(config, {key: value for key, value in settings.items() if value is not None})
+    selection, n = selection or cfg.evaluation.selection, n or cfg.evaluation.n
+    check_selection(selection, has_verifier=verifier is not None)  # before anything is loaded or written
+    check_sizes(n, cfg.evaluation.turns, cfg.evaluation.searches)
+    plan = scaling_plan(n, scaling_ns)
+    root = str(out)
+    store = ArtifactStore(root)
+    problems = problems_stage(cfg, root, dataset, cfg.data.eval_split, limit=cfg.data.eval_limit)
+    verifier_artifact = None if verifier is None else stored_model(store, verifier, stage="verifier")
+    evaluations = [evaluate_stage(cfg, root, problems, None, verifier_artifact, selection, value, method or generator)
+                   for value in plan]
+    # The report of every evaluation stored in OUT (`mucode report OUT` rebuilds the same).
+    return store.manifest(evaluations[0])["metrics"], str(build_report(out))
+
+
+def stored_model(store, path: str, stage: str):
+    """The artifact of a model directory: itself when it is an artifact already, else a stored copy."""
+    if Path(f"{str(path).rstrip('/')}.json").is_file():  # a manifest beside it: stored by some run
+        return store.ref(path)
+    return store.put_dir(path, stage=stage)
 
 
 @app.command()

@@ -22,7 +22,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from mucode import metrics
-from mucode.evaluation_dirs import EvaluationSummary
+from mucode.evaluations import EvaluationSummary
 from mucode.report import dataset_title, markdown_table, percent, set_percent_ylim, table_records
 from mucode.eval_summary import search_outcomes
 

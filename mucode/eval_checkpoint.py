@@ -1,11 +1,12 @@
-"""Turn checkpoints of one evaluation: an interrupted `mucode evaluate` resumes at its last finished turn.
+"""Turn checkpoints of one evaluation: an interrupted evaluate stage resumes at its last finished turn.
 
-After every turn the rows made so far are written (atomically) beside the evaluation's
-output, in a file named after N and a digest of everything that decides those rows
-(generator and verifier files, problems, N, T, S, selection, sampling, seed). Code is not in
-the key: after changing prompts or the environment, delete the `.turns-*` files. A rerun with the same
-settings finds the file and replays it; a rerun with other settings finds none and
-removes the stale files of that N. The checkpoint is deleted once the evaluation is saved.
+After every turn the rows made so far are written (atomically) into the stage's checkpoint
+folder (`tasks.evaluate.checkpoint_folder`), in a file named after N and a digest of
+everything that decides those rows (generator and verifier, problems, N, T, S, selection,
+sampling, seed). Code is not in the key: after changing prompts or the environment, delete
+the `.turns-*` files. A rerun with the same settings finds the file and replays it; a rerun
+with other settings finds none and removes the stale files of that N. The checkpoint is
+deleted once the evaluation is stored.
 
 This module only stores and finds rows; replaying them is `mucode.best_of_n.replay_turns`.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from mucode.artifacts import write_atomically
-from mucode.hashing import SHORT_DIGEST_CHARS, json_digest, sha256_hex
+from mucode.hashing import json_digest
 
 PREFIX = ".turns"
 
@@ -38,11 +39,6 @@ def files_fingerprint(path: str | Path) -> list[tuple[str, int, int]] | str:
         return str(path)
     return [(str(file.relative_to(root)), file.stat().st_size, file.stat().st_mtime_ns)
             for file in sorted(root.rglob("*")) if file.is_file()]
-
-
-def problems_digest(problems: pl.DataFrame) -> str:
-    """A digest of the problems' content, in their order."""
-    return sha256_hex(problems.write_csv())[:SHORT_DIGEST_CHARS]
 
 
 def checkpoint_path(out: Path, n: int, key: str) -> Path:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
-from mucode.evaluation_dirs import ReportError, load_evaluations
+from mucode.evaluations import EvaluationSummary, ReportError
 from mucode.orchestration import artifact_key, in_a_run
 
 PROGRESS_UPDATE_EVERY_S = 5.0
@@ -42,8 +43,10 @@ def publish_markdown(markdown: str, base_dir: Path, *, key: str, description: st
     return create_markdown_artifact(markdown=inline_images(markdown, base_dir), key=key, description=description)
 
 
-def publish_report_artifacts(report_dir: str | Path, key_prefix: str = "mucode") -> list[UUID]:
-    """Publish the Table 1 table, the report (images inlined) and each PNG as Prefect artifacts.
+def publish_report_artifacts(report_dir: str | Path, summaries: Sequence[EvaluationSummary],
+                             key_prefix: str = "mucode") -> list[UUID]:
+    """Publish the Table 1 table of `summaries`, the report in `report_dir` (images inlined)
+    and each PNG as Prefect artifacts.
 
     Does nothing (returns []) outside a Prefect flow or task run, so plain CLI runs never start
     a Prefect server. Build the report first (`build_report`).
@@ -58,7 +61,6 @@ def publish_report_artifacts(report_dir: str | Path, key_prefix: str = "mucode")
     report = directory / REPORT_FILE
     if not report.is_file():
         raise ReportError(f"{report} does not exist: call build_report({str(directory)!r}) first")
-    summaries = load_evaluations(directory)
     created = [
         create_table_artifact(table=table_records(summaries), key=artifact_key(key_prefix, "table1"),
                               description="BoN@T (%) [95% CI] by method and dataset"),

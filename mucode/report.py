@@ -1,5 +1,5 @@
 """The evaluation report: a Table-1-style Markdown report with matplotlib PNGs, rebuilt from
-the evaluation directories on disk (`mucode.evaluation_dirs`).
+the evaluate artifacts of a run (their manifests, read by `mucode.evaluations`).
 
 `build_report(RUN_DIR)` writes `RUN_DIR/report.md`, `RUN_DIR/bon_at_t.png` and, when some
 method was evaluated at several N, `RUN_DIR/scaling.png`.
@@ -20,7 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from mucode.artifacts import write_atomically
-from mucode.evaluation_dirs import EvaluationSummary, ReportError, load_evaluations
+from mucode.evaluations import EvaluationSummary, ReportError, load_evaluations
 
 REPORT_FILE, CURVES_FILE, SCALING_FILE = "report.md", "bon_at_t.png", "scaling.png"
 DATASET_TITLES = {
@@ -256,8 +256,8 @@ def write_report(summaries: Sequence[EvaluationSummary], out_dir: str | Path, so
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """Rebuild RUN_DIR/report.md (and PNGs) from the evaluation directories under it."""
+    """Rebuild RUN_DIR/report.md (and PNGs) from the evaluate artifacts stored under it."""
     summaries = load_evaluations(run_dir)
     if not summaries:
-        raise ReportError(f"no evaluations under {run_dir}: expected <dir>/summary.json + meta.json from mucode evaluate")
+        raise ReportError(f"no evaluations under {run_dir}: expected the evaluate artifacts of mucode evaluate or a flow")
     return write_report(summaries, run_dir, source=str(run_dir))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mucode.orchestration import artifact_key, read_timings, stage_task
-from mucode.tasks.report import REPORT_DIR, lay_out_evaluations
+from mucode.tasks.report import REPORT_DIR
 
 REFERENCE_METHOD = "mucode"
 
@@ -56,6 +56,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     `training`: per arm, per iteration, its `sft`, `verifier`, `aggregated` and `generator` artifacts.
     """
     from mucode.artifacts import ArtifactStore, write_atomically
+    from mucode.evaluations import read_evaluations
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
         titled, unique_solves)
@@ -64,10 +65,9 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
-    laid_out = lay_out_evaluations(store, evaluations, out)
-    summaries = [summary for summary, _ in laid_out]
+    summaries = read_evaluations(store, evaluations)
     write_report(summaries, out, source=root)
-    rows = {summary.label: frame for summary, frame in laid_out}
+    rows = {summary.label: store.get_frame(evaluation) for summary, evaluation in zip(summaries, evaluations)}
     reference = reference_method(list(cfg.compare.arms))
     n, selection = cfg.evaluation.n, cfg.evaluation.selection
     differences = [difference for size in dict.fromkeys((1, n))
@@ -83,7 +83,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
                                 only_solved=unique_solves(summaries, rows, cfg.iterations))
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())
-    publish_report_artifacts(out)
+    publish_report_artifacts(out, summaries)
     publish_markdown(markdown, out, key=artifact_key(cfg.name, "compare"), description="µCode against its baselines")
     return str(path)
 

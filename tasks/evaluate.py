@@ -1,19 +1,17 @@
-"""The evaluate stage: multi-turn Best-of-N of a generator, written as an evaluation and its report.
+"""The evaluate stage: multi-turn Best-of-N of a generator over stored artifacts.
 
-- `evaluate_to_dir`: what `mucode evaluate` calls: load problems, model, sandbox and
-  verifier, run the search (`mucode.best_of_n.run_search`, and the inference-time-scaling
-  runs over N), write the evaluation directories and the report (layout in
-  `mucode.evaluation_dirs`). The rows are checkpointed after every turn
-  (`mucode.eval_checkpoint`): rerun the same command after an interruption and it resumes
-  at the last finished turn.
-- `evaluate_stage` / `evaluate_task`: the same search over stored artifacts, its rows the
-  artifact and its summary (`mucode.eval_summary.summarize`) in the manifest; checkpointed
-  after every turn too, so a killed stage, run again, resumes at its last finished turn.
+- `evaluate_stage` / `evaluate_task`: load the stored problems, the generator (a stored one
+  or the base model) and the verifier, run the search (`mucode.best_of_n.run_search`); the
+  rows are the artifact and the summary (`mucode.eval_summary.summarize`) is in its manifest.
+  The rows are checkpointed after every turn (`mucode.eval_checkpoint`, under
+  ROOT/checkpoints/): a killed stage, run again, resumes at its last finished turn. The
+  flows and `mucode evaluate` both run it.
+- `scaling_plan`: the N values of an inference-time-scaling run (`mucode evaluate --scaling-n`).
 - `alias_evaluation_stage`: an evaluation's rows under another method's name.
 
 This module does not select candidates (`mucode.selection`), run the turns
 (`mucode.best_of_n`, `mucode.search`) or compute metrics (`mucode.eval_summary`); it does not
-train, and does not render plots (that is `mucode.report`).
+train, and does not write the report (`tasks.report`, `mucode.report`).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -36,15 +33,12 @@ from mucode.eval_checkpoint import (
     checkpoint_path,
     files_fingerprint,
     load_checkpoint,
-    problems_digest,
     remove_checkpoints,
     save_checkpoint,
 )
 from mucode.eval_summary import summarize
 from mucode.selection import EvaluationError, check_selection
 
-if TYPE_CHECKING:
-    from mucode.config import Config
 
 def scaling_plan(n: int, scaling_ns: Sequence[int]) -> list[int]:
     """The N values to run: the main N first, then each scaling N once."""
@@ -55,93 +49,6 @@ def scaling_plan(n: int, scaling_ns: Sequence[int]) -> list[int]:
         if value not in plan:
             plan.append(value)
     return plan
-
-
-def evaluate_to_dir(
-    cfg: Config,
-    *,
-    generator: str,
-    dataset: str,
-    out: str | Path,
-    verifier: str | None = None,
-    selection: str | None = None,
-    n: int | None = None,
-    turns: int | None = None,
-    searches: int | None = None,
-    limit: int | None = None,
-    scaling_ns: Sequence[int] = (),
-    temperature: float | None = None,
-    method: str | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Evaluate a generator on a dataset and write `out` (rows.parquet, summary.json,
-    meta.json, report.md + PNGs; scaling runs under `out/scaling/n<N>/`).
-
-    Unset options come from `cfg.evaluation` (and `cfg.data.eval_limit`). Returns the summary
-    (metric name -> value) of the main run (N = `n`).
-    """
-    evaluation = cfg.evaluation
-    selection = selection or evaluation.selection
-    check_selection(selection, has_verifier=verifier is not None)
-    n, turns = n or evaluation.n, turns or evaluation.turns
-    searches = searches or evaluation.searches
-    check_sizes(n, turns, searches)
-    plan = scaling_plan(n, scaling_ns)
-
-    from mucode.data import load_problems
-    from mucode.models import resolve
-    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
-    from mucode.report import build_report
-    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, sampling_params
-
-    problems = load_problems(dataset, cfg.data.eval_split, data_dir=cfg.data.data_dir,
-                             limit=limit or cfg.data.eval_limit)
-    settings = evaluation.sampling
-    if temperature is not None:
-        settings = settings.model_copy(update={"temperature": temperature})
-    sampling = sampling_params(settings, seed=cfg.seed)
-    out = Path(out)
-    summaries: list[dict[str, float]] = []
-    scorer = None
-    if verifier is not None:
-        from mucode.verifier_scorer import VerifierScorer
-
-        scorer = VerifierScorer(verifier, batch_size=cfg.verifier.batch_size, max_length=cfg.verifier.max_length)
-    resolved = resolve(generator)
-    generator_path = resolved.path
-    with make_engine_from_config(cfg, resolved) as engine, make_sandbox_from_config(cfg) as sandbox:
-        for index, value in enumerate(plan):
-            started = time.perf_counter()
-            settings = {"generator": files_fingerprint(generator_path),
-                        "verifier": files_fingerprint(verifier) if verifier else None,
-                        "problems": problems_digest(problems),
-                        "n": value, "turns": turns, "searches": searches, "selection": selection,
-                        "sampling": dataclasses.asdict(sampling), "seed": cfg.seed,
-                        # only when set, so the checkpoints of runs without it keep their keys
-                        **({"stop_at_public_pass": True} if evaluation.stop_at_public_pass else {})}
-            checkpoint = checkpoint_path(out, value, checkpoint_key(settings))
-            for stale in remove_checkpoints(out, value, keep=checkpoint):
-                print(f"removed {stale}: a checkpoint of other settings", file=sys.stderr)
-            finished = _resumable_rows(checkpoint, problems, n=value, turns=turns, searches=searches,
-                                       selection=selection)
-            rows = run_search(problems, engine, sandbox, scorer, n=value, turns=turns, searches=searches,
-                              selection=selection, sampling=sampling, seed=cfg.seed, progress=progress,
-                              finished_rows=finished, on_turn=lambda made: save_checkpoint(checkpoint, made),
-                              chunk_draws=4 * cfg.engine.batch_size,
-                              stop_at_public_pass=evaluation.stop_at_public_pass)
-            summary = EvaluationSummary(
-                method=method or generator, dataset=dataset, n=value, selection=selection, turns=turns,
-                searches=searches, metrics=summarize(rows, seed=cfg.seed),
-                details={"generator": generator, "verifier": verifier or "", "seed": cfg.seed,
-                         "temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
-                         "wall_s": round(time.perf_counter() - started, 2),
-                         "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0)},
-            )
-            save_evaluation(out if index == 0 else out / "scaling" / f"n{value}", rows, summary)
-            checkpoint.unlink(missing_ok=True)
-            summaries.append(summary.metrics)
-    build_report(out)
-    return summaries[0]
 
 
 def _resumable_rows(checkpoint: Path, problems: pl.DataFrame, *, n: int, turns: int, searches: int,
@@ -165,10 +72,11 @@ SECTIONS = ("model", "engine", "evaluation", "sandbox", "seed")
 CHECKPOINT_DIR = "checkpoints"  # under the experiment directory: the turn checkpoints of unfinished evaluations
 
 
-def checkpoint_folder(store, stage: str) -> Path:
-    """Where the turn checkpoints of one evaluation stage live; a remote store keeps them in local temp."""
+def checkpoint_folder(store, stage: str, dataset: str) -> Path:
+    """Where the turn checkpoints of one evaluation stage on one dataset live (a method is
+    evaluated on every eval dataset under one stage name); a remote store keeps them in local temp."""
     base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
-    return base / CHECKPOINT_DIR / stage
+    return base / CHECKPOINT_DIR / stage / dataset
 
 
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):
@@ -204,7 +112,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
                 "n": n, "turns": evaluation.turns, "searches": evaluation.searches, "selection": selection,
                 "sampling": dataclasses.asdict(sampling), "seed": cfg.seed,
                 "stop_at_public_pass": evaluation.stop_at_public_pass}
-    folder = checkpoint_folder(store, stage)
+    dataset = str(frame["dataset"][0])
+    folder = checkpoint_folder(store, stage, dataset)
     checkpoint = checkpoint_path(folder, n, checkpoint_key(settings))
     for stale in remove_checkpoints(folder, n, keep=checkpoint):
         print(f"removed {stale}: a checkpoint of other settings", file=sys.stderr)
@@ -219,7 +128,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
                           chunk_draws=4 * cfg.engine.batch_size,
                           stop_at_public_pass=evaluation.stop_at_public_pass)
     summary = summarize(rows, seed=cfg.seed)
-    meta = {"method": label, "dataset": str(frame["dataset"][0]), "n": n, "selection": selection,
+    meta = {"method": label, "dataset": dataset, "n": n, "selection": selection,
             "turns": evaluation.turns, "searches": evaluation.searches,
             "details": {"generator": model_hash(cfg, generator), "verifier": verifier.hash if verifier else "",
                         "seed": cfg.seed, "temperature": sampling.temperature,

@@ -1,9 +1,9 @@
 """Report stage: the experiment's Table-1-style report, rebuilt from evaluation artifacts.
 
-Each evaluation artifact (rows Parquet, manifest with method / dataset / N / selection and
-the summary) is laid out as an evaluation directory under `ROOT/report/`, then
-`mucode.report.write_report` writes `report.md` and its PNGs there; inside a flow run the
-report is also published as Prefect artifacts. It runs no model.
+The summaries are read from the evaluation artifacts' manifests (method / dataset / N /
+selection and the metrics; `mucode.evaluations`), then `mucode.report.write_report` writes
+`ROOT/report/report.md` and its PNGs; inside a flow run the report is also published as
+Prefect artifacts. It runs no model.
 """
 
 from __future__ import annotations
@@ -15,40 +15,18 @@ from mucode.orchestration import stage_task
 REPORT_DIR = "report"
 
 
-def evaluation_label(manifest: dict) -> str:
-    meta = manifest["evaluation"]
-    return f"{meta['method']}-{meta['dataset']}-n{meta['n']}-{meta['selection']}".replace("/", "_").replace("+", "_")
-
-
-def lay_out_evaluations(store, evaluations, out: Path) -> list:
-    """Write each evaluation artifact as an evaluation directory `out/eval/<label>`; (summary, rows) of each."""
-    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
-
-    laid_out = []
-    for evaluation in evaluations:
-        manifest = store.manifest(evaluation)
-        meta = manifest["evaluation"]
-        summary = EvaluationSummary(method=meta["method"], dataset=meta["dataset"], n=meta["n"],
-                                    selection=meta["selection"], turns=meta["turns"], searches=meta["searches"],
-                                    metrics=manifest["metrics"], details=meta["details"],
-                                    label=evaluation_label(manifest))
-        rows = store.get_frame(evaluation)
-        save_evaluation(out / "eval" / summary.label, rows, summary)
-        laid_out.append((summary, rows))
-    return laid_out
-
-
 def report_stage(cfg, root: str, evaluations) -> str:
-    """Store-level stage: lay out the evaluations and write the report; returns report.md's path."""
+    """Store-level stage: write the report of the evaluations; returns report.md's path."""
     from mucode.artifacts import ArtifactStore
+    from mucode.evaluations import read_evaluations
     from mucode.publish import publish_report_artifacts
     from mucode.report import write_report
 
     store = ArtifactStore(root)
     out = Path(store.base) / REPORT_DIR
-    summaries = [summary for summary, _ in lay_out_evaluations(store, evaluations, out)]
+    summaries = read_evaluations(store, evaluations)
     report = write_report(summaries, out, source=root)
-    publish_report_artifacts(out)
+    publish_report_artifacts(out, summaries)
     return str(report)
 
 

@@ -505,7 +505,7 @@ def test_a_killed_evaluate_stage_resumes_at_its_last_finished_turn(tmp_path, mon
     monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
         stage(tmp_path / "run", ScriptedEngine())
-    (checkpoint,) = (tmp_path / "run" / "checkpoints" / "evaluate-base").glob(".turns-n2-*.parquet")
+    (checkpoint,) = (tmp_path / "run" / "checkpoints" / "evaluate-base" / "mbpp").glob(".turns-n2-*.parquet")
     assert set(pl.read_parquet(checkpoint)["turn"]) == {1, 2}
 
     monkeypatch.setattr(evaluate, "save_checkpoint", real_save)
@@ -518,6 +518,25 @@ def test_a_killed_evaluate_stage_resumes_at_its_last_finished_turn(tmp_path, mon
     assert store.get_frame(resumed).equals(whole)
     assert store.manifest(resumed)["evaluation"]["details"]["resumed_after_turn"] == 2
     assert not checkpoint.exists()  # the rows are stored: nothing is left to resume
+
+
+def test_the_evaluate_command_runs_the_stages_into_its_out_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mucode.cli import app
+
+    scripted_stage(monkeypatch, ScriptedEngine())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["evaluate", "--config", str(tiny_config_file(tmp_path)), "--generator", "g",
+                                      "--dataset", "humaneval", "--limit", "2", "--scaling-n", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    evaluations = stored_evaluations(out)
+    assert sorted(evaluations) == [1, 2]
+    rows, manifest = evaluations[2]
+    assert rows.height == 2 * 1 * 2 and manifest["evaluation"]["method"] == "g"
+    lines = result.output.strip().splitlines()
+    assert f"bon@2: {manifest['metrics']['bon@2']:.4f}" in lines
+    assert lines[-1] == f"report: {out / 'report.md'}"
 
 
 def test_checkpoint_files_round_trip_and_stale_or_torn_ones_are_dropped(tmp_path, capsys):
@@ -584,16 +603,45 @@ def untrained_verifier(tmp_path_factory) -> str:
     return str(out)
 
 
-def tiny_config(**evaluation):
-    from mucode.config import parse_config
-
-    return parse_config({
+def tiny_raw_config(**evaluation) -> dict:
+    return {
         "engine": {"kind": "hf", "batch_size": 8},
         "sandbox": {"backend": "local", "workers": 2, "timeout_s": 5.0},
         "verifier": {"batch_size": 8, "max_length": 512},
         "evaluation": {"n": 2, "turns": 2, "searches": 1, "selection": "pt",
                        "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 64}, **evaluation},
-    })
+    }
+
+
+def tiny_config(**evaluation):
+    from mucode.config import parse_config
+
+    return parse_config(tiny_raw_config(**evaluation))
+
+
+def tiny_config_file(directory: Path) -> Path:
+    import yaml
+
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw_config()))
+    return path
+
+
+def evaluate_command(config: Path, **options):
+    """`mucode evaluate` as the command runs it (its options' defaults, then `options`)."""
+    from mucode.cli import _evaluate
+
+    settings = dict(generator=BUNDLED, dataset="humaneval", out=None, verifier=None, selection=None, n=None,
+                    turns=None, searches=None, limit=None, scaling_ns=[], temperature=None, method=None)
+    return _evaluate(config, **{**settings, **options})
+
+
+def stored_evaluations(out: Path) -> dict[int, tuple[pl.DataFrame, dict]]:
+    """N -> (rows, manifest) of every evaluate artifact under `out`."""
+    from mucode.artifacts import ArtifactStore
+
+    return {manifest["evaluation"]["n"]: (pl.read_parquet(manifest["path"]), manifest)
+            for manifest in ArtifactStore(out).list() if "evaluation" in manifest}
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -607,7 +655,7 @@ def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrai
     from mucode.data import load_problems
     from mucode.engines import make_engine
     from mucode.models import resolve_model
-    from mucode.evaluation_dirs import EvaluationSummary, save_evaluation
+    from mucode.artifacts import ArtifactStore
     from mucode.report import build_report
     from mucode.sandbox import make_sandbox
     from mucode.verifier_scorer import VerifierScorer
@@ -632,9 +680,10 @@ def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrai
                 assert metrics_from_rows(rows, t) == pytest.approx({name: summary[name] for name in
                                                                     (f"bon@{t}", f"public@{t}", f"solved@{t}")})
             print(rule, {name: summary[name] for name in ("bon@2", "public@2", "solved@2")})
-            save_evaluation(tmp_path / "eval" / rule, rows, EvaluationSummary(
-                method="SmolLM2-135M", dataset="humaneval", n=2, selection=rule, turns=2, searches=1,
-                metrics=summary))
+            meta = {"method": "SmolLM2-135M", "dataset": "humaneval", "n": 2, "selection": rule, "turns": 2,
+                    "searches": 1}
+            ArtifactStore(tmp_path).put_frame(rows, stage=f"evaluate-{rule}",
+                                              extra={"evaluation": meta, "metrics": summary})
     text = build_report(tmp_path).read_text()
     for rule in ("random", "lv", "pt", "pt+lv"):
         assert f"SmolLM2-135M, N=2 ({rule}) on HumanEval" in text
@@ -642,29 +691,29 @@ def test_every_selection_rule_end_to_end_with_the_bundled_model(tmp_path, untrai
 
 
 @pytest.mark.slow
-def test_evaluate_to_dir_writes_rows_summary_report_and_scaling(tmp_path, untrained_verifier):
-    from mucode.tasks.evaluate import evaluate_to_dir
-
+def test_evaluate_command_stores_rows_summary_report_and_scaling(tmp_path, untrained_verifier):
     out = tmp_path / "out"
-    returned = evaluate_to_dir(tiny_config(), generator=BUNDLED, verifier=untrained_verifier, dataset="humaneval",
-                               selection="pt+lv", n=2, turns=2, searches=1, limit=2, scaling_ns=[1, 2],
-                               method="Multi-turn Instruct", out=out, progress=False)
-    rows = pl.read_parquet(out / "rows.parquet")
+    returned, report_path = evaluate_command(
+        tiny_config_file(tmp_path), verifier=untrained_verifier, selection="pt+lv", n=2, turns=2, searches=1,
+        limit=2, scaling_ns=[1, 2], method="Multi-turn Instruct", out=out)
+    evaluations = stored_evaluations(out)
+    rows, manifest = evaluations[2]
     assert rows.height == 2 * 2 and set(rows["n"]) == {2}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = manifest["metrics"]
     assert summary == pytest.approx(returned) and summary["n"] == 2
     assert {"bon@1", "bon@2", "pass@1", "single_turn_pass@1", "bon@2.ci_low"} <= set(summary)
-    assert pl.read_parquet(out / "scaling" / "n1" / "rows.parquet")["n"].unique().to_list() == [1]
-    assert not (out / "scaling" / "n2").exists()  # the main run is N=2 already
-    report = (out / "report.md").read_text()
+    assert evaluations[1][0]["n"].unique().to_list() == [1]
+    assert sorted(evaluations) == [1, 2]  # the main run is N=2 already: no second N=2 run
+    report_dir = Path(report_path).parent
+    report = Path(report_path).read_text()
     assert "| Multi-turn Instruct | 1 | 2 |" in report and "| + BoN (pt+lv) | 2 | 2 |" in report
     for image in ("bon_at_t.png", "scaling.png"):
-        width, height = png_size(out / image)
-        assert (width, height) == (550, 440) and (out / image).stat().st_size > 10_000
+        width, height = png_size(report_dir / image)
+        assert (width, height) == (550, 440) and (report_dir / image).stat().st_size > 10_000
 
 
 @pytest.mark.slow
-def test_evaluate_to_dir_resumes_an_interrupted_run_at_its_last_finished_turn(tmp_path, monkeypatch, capsys):
+def test_the_evaluate_command_resumes_an_interrupted_run_at_its_last_finished_turn(tmp_path, monkeypatch, capsys):
     import mucode.tasks.evaluate as evaluate
 
     out = tmp_path / "out"
@@ -674,35 +723,32 @@ def test_evaluate_to_dir_resumes_an_interrupted_run_at_its_last_finished_turn(tm
         real_save(path, rows)
         raise Interrupted
 
-    settings = dict(generator=BUNDLED, dataset="humaneval", selection="pt", n=2, turns=2, searches=1, limit=2,
-                    method="Multi-turn Instruct", out=out)
+    settings = dict(selection="pt", n=2, turns=2, searches=1, limit=2, method="Multi-turn Instruct", out=out)
     monkeypatch.setattr(evaluate, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
-        evaluate.evaluate_to_dir(tiny_config(), progress=False, **settings)
-    (checkpoint,) = out.glob(".turns-n2-*.parquet")
+        evaluate_command(tiny_config_file(tmp_path), **settings)
+    (checkpoint,) = (out / "checkpoints").glob("evaluate-*/humaneval/.turns-n2-*.parquet")
     turn1 = pl.read_parquet(checkpoint)
-    assert set(turn1["turn"]) == {1} and not (out / "meta.json").exists()
+    assert set(turn1["turn"]) == {1} and stored_evaluations(out) == {}
 
     monkeypatch.setattr(evaluate, "save_checkpoint", real_save)
     capsys.readouterr()
-    evaluate.evaluate_to_dir(tiny_config(), progress=True, **settings)
+    evaluate_command(tiny_config_file(tmp_path), **settings)
     err = capsys.readouterr().err
     assert f"resuming from {checkpoint}: 1 of 2 turns finished" in err
     assert "turn 1/2" not in err and "turn 2/2" in err  # turn 1 was not generated again
-    rows = pl.read_parquet(out / "rows.parquet")
+    rows, manifest = stored_evaluations(out)[2]
     assert rows.filter(pl.col("turn") == 1).equals(turn1) and rows.height == 2 * 2
-    assert json.loads((out / "meta.json").read_text())["details"]["resumed_after_turn"] == 1
-    assert list(out.glob(".turns-*")) == []  # the checkpoint goes once the evaluation is saved
+    assert manifest["evaluation"]["details"]["resumed_after_turn"] == 1
+    assert list((out / "checkpoints").rglob(".turns-*")) == []  # the checkpoint goes once the evaluation is stored
 
 
-def test_evaluate_to_dir_needs_a_verifier_for_lv_before_loading_anything(tmp_path):
-    from mucode.tasks.evaluate import evaluate_to_dir
-
+def test_the_evaluate_command_needs_a_verifier_for_lv_before_loading_anything(tmp_path):
+    out = tmp_path / "out"
     with pytest.raises(EvaluationError) as error:
-        evaluate_to_dir(tiny_config(), generator="does-not-exist/anywhere", dataset="humaneval", selection="pt+lv",
-                        out=tmp_path)
+        evaluate_command(tiny_config_file(tmp_path), generator="does-not-exist/anywhere", selection="pt+lv", out=out)
     assert str(error.value) == "selection pt+lv needs --verifier; use pt for a base model"
-    assert list(tmp_path.iterdir()) == []
+    assert not out.exists()
 
 
 # --- stopping a search at its submission ----------------------------------------------------------

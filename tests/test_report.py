@@ -1,4 +1,4 @@
-"""The report: evaluation directories on disk -> Table 1 markdown, PNG plots, Prefect artifacts."""
+"""The report: evaluate artifacts of a run -> Table 1 markdown, PNG plots, Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from matplotlib.figure import Figure
 
-from mucode.evaluation_dirs import EvaluationSummary, ReportError, load_evaluations, save_evaluation
+from mucode.artifacts import ArtifactStore
+from mucode.evaluations import EvaluationSummary, ReportError, load_evaluations
 from mucode.orchestration import artifact_key
 from mucode.publish import inline_images, publish_report_artifacts
 from mucode.report import (
@@ -28,37 +29,41 @@ from report_support import PNG_SIGNATURE, png_size, rows_for
 
 
 
-def save(directory: Path, method: str, dataset: str, n: int, solved_turn: dict, turns: int = 3,
-         selection: str = "pt") -> EvaluationSummary:
+def save(run_dir: Path, method: str, dataset: str, n: int, solved_turn: dict, turns: int = 3,
+         selection: str = "pt"):
+    """An evaluate artifact of the run, as the evaluate stage stores it."""
     rows = rows_for(dataset, n, turns, solved_turn, selection)
-    summary = EvaluationSummary(method=method, dataset=dataset, n=n, selection=selection, turns=turns, searches=1,
-                                metrics=summarize(rows), details={"generator": "g"})
-    save_evaluation(directory, rows, summary)
-    return summary
+    meta = {"method": method, "dataset": dataset, "n": n, "selection": selection, "turns": turns, "searches": 1,
+            "details": {"generator": "g"}}
+    return ArtifactStore(run_dir).put_frame(rows, stage=f"evaluate-{method}",
+                                            extra={"evaluation": meta, "metrics": summarize(rows)})
 
 
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     solved = {f"p{i}": [1, 2, 3, None][i % 4] for i in range(8)}  # bon@1 .25, bon@2 .5, bon@3 .75
     better = {f"p{i}": [1, 1, 2, None][i % 4] for i in range(8)}  # bon@1 .5, bon@3 .75
-    save(tmp_path / "eval" / "base-he-n1", "Multi-turn Instruct", "humaneval", 1, solved)
-    save(tmp_path / "eval" / "base-he-n5", "Multi-turn Instruct", "humaneval", 5, better)
-    save(tmp_path / "eval" / "base-mbpp-n1", "Multi-turn Instruct", "mbpp", 1, better)
-    save(tmp_path / "eval" / "mucode-he-n2", "µCode", "humaneval", 2, better, selection="pt+lv")
-    save(tmp_path / "eval" / "mucode-he-n4", "µCode", "humaneval", 4, {k: 1 for k in better}, selection="pt+lv")
+    save(tmp_path, "Multi-turn Instruct", "humaneval", 1, solved)
+    save(tmp_path, "Multi-turn Instruct", "humaneval", 5, better)
+    save(tmp_path, "Multi-turn Instruct", "mbpp", 1, better)
+    save(tmp_path, "µCode", "humaneval", 2, better, selection="pt+lv")
+    save(tmp_path, "µCode", "humaneval", 4, {k: 1 for k in better}, selection="pt+lv")
     return tmp_path
 
 
-def test_evaluation_directories_round_trip(run_dir: Path):
+def test_evaluations_round_trip_through_their_manifests(run_dir: Path):
     summaries = load_evaluations(run_dir)
-    assert [s.label for s in summaries] == ["eval/base-he-n1", "eval/base-he-n5", "eval/base-mbpp-n1",
-                                            "eval/mucode-he-n2", "eval/mucode-he-n4"]
+    assert [s.label for s in summaries] == [
+        "Multi-turn Instruct-humaneval-n1-pt", "Multi-turn Instruct-humaneval-n5-pt", "Multi-turn Instruct-mbpp-n1-pt",
+        "µCode-humaneval-n2-pt_lv", "µCode-humaneval-n4-pt_lv"]
     first = summaries[0]
     assert (first.method, first.dataset, first.n, first.selection, first.turns) == (
         "Multi-turn Instruct", "humaneval", 1, "pt", 3)
     assert first.metrics["bon@3"] == pytest.approx(0.75)
     assert first.details == {"generator": "g"}
-    assert pl.read_parquet(run_dir / "eval" / "base-he-n1" / "rows.parquet").height == 8 * 3
+    (first_rows,) = [m for m in ArtifactStore(run_dir).list() if m["evaluation"]["n"] == 1
+                     and m["evaluation"]["dataset"] == "humaneval"]
+    assert pl.read_parquet(first_rows["path"]).height == 8 * 3
 
 
 def test_table_is_laid_out_like_table_1(run_dir: Path):
@@ -80,7 +85,7 @@ def test_build_report_writes_markdown_and_valid_pngs(run_dir: Path):
     assert "| Multi-turn Instruct | 1 | 3 | 75.0 [" in text
     assert f"![BoN@t per turn]({CURVES_FILE})" in text
     assert f"![BoN@T against N]({SCALING_FILE})" in text
-    assert "### `eval/mucode-he-n4`: µCode, N=4 (pt+lv) on HumanEval" in text
+    assert "### `µCode-humaneval-n4-pt_lv`: µCode, N=4 (pt+lv) on HumanEval" in text
     assert "| bon@1 | 25.0 |" in text
     # 5 x 4 inches per dataset panel at 110 dpi: both datasets have turn curves, only
     # HumanEval has several N.
@@ -113,9 +118,9 @@ def test_percent_ylim_fits_what_is_drawn_with_a_margin_at_each_end():
 
 
 def test_scaling_needs_one_method_at_several_n(tmp_path: Path):
-    save(tmp_path / "a", "base", "humaneval", 1, {"p": 1})
-    save(tmp_path / "b", "base", "mbpp", 5, {"p": 1}, selection="pt+lv")
-    save(tmp_path / "c", "tuned", "humaneval", 5, {"p": 1}, selection="pt+lv")
+    save(tmp_path, "base", "humaneval", 1, {"p": 1})
+    save(tmp_path, "base", "mbpp", 5, {"p": 1}, selection="pt+lv")
+    save(tmp_path, "tuned", "humaneval", 5, {"p": 1}, selection="pt+lv")
     (tmp_path / SCALING_FILE).write_bytes(b"stale")
     text = build_report(tmp_path).read_text()
     assert not (tmp_path / SCALING_FILE).exists()
@@ -129,16 +134,17 @@ def test_scaling_groups_sort_by_n_and_n1_joins_every_selection(run_dir: Path):
         ("Multi-turn Instruct", "humaneval", "pt", 3): [1, 5],
         ("µCode", "humaneval", "pt+lv", 3): [2, 4],
     }
-    save(run_dir / "eval" / "mucode-he-n1", "µCode", "humaneval", 1, {"p": 1}, selection="random")
+    save(run_dir, "µCode", "humaneval", 1, {"p": 1}, selection="random")
     groups = scaling_groups(load_evaluations(run_dir))
     assert [s.n for s in groups[("µCode", "humaneval", "pt+lv", 3)]] == [1, 2, 4]
 
 
-def test_foreign_summary_files_are_not_evaluations(run_dir: Path):
+def test_other_stages_artifacts_are_not_evaluations(run_dir: Path):
+    store = ArtifactStore(run_dir)
+    store.put_frame(pl.DataFrame({"loss": [0.1]}), stage="finetune", extra={"metrics": {"loss": 0.1}})
+    assert len(load_evaluations(run_dir)) == 5
     (run_dir / "finetune").mkdir()
     (run_dir / "finetune" / "summary.json").write_text(json.dumps({"loss": 0.1}))
-    assert len(load_evaluations(run_dir)) == 5
-    (run_dir / "finetune" / "meta.json").write_text("[1, 2]")
     assert len(load_evaluations(run_dir)) == 5
 
 
@@ -149,9 +155,11 @@ def test_missing_run_dir_and_empty_run_dir_fail_with_one_line(tmp_path: Path):
         build_report(tmp_path)
 
 
-def test_corrupt_summary_is_named(run_dir: Path):
-    (run_dir / "eval" / "base-he-n5" / "summary.json").write_text("{not json")
-    with pytest.raises(ReportError, match="base-he-n5/summary.json: unreadable JSON"):
+def test_malformed_evaluation_manifest_is_named(run_dir: Path):
+    manifest = next(Path(m["path"]).with_suffix(".json") for m in ArtifactStore(run_dir).list()
+                    if m["evaluation"]["n"] == 5)
+    manifest.write_text(manifest.read_text().replace('"metrics"', '"metrics_gone"'))
+    with pytest.raises(ReportError, match=f"{manifest.with_suffix('.parquet')}: malformed evaluation manifest"):
         build_report(run_dir)
 
 
@@ -168,7 +176,7 @@ def test_artifact_keys_are_lowercase_dashes():
 
 def test_publishing_outside_a_flow_does_nothing(run_dir: Path):
     build_report(run_dir)
-    assert publish_report_artifacts(run_dir) == []
+    assert publish_report_artifacts(run_dir, load_evaluations(run_dir)) == []
 
 
 @pytest.mark.slow
@@ -181,7 +189,7 @@ def test_publishing_inside_a_flow_creates_table_markdown_and_images(prefect_harn
 
     @flow
     def publish() -> int:
-        return len(publish_report_artifacts(run_dir, key_prefix="test-report"))
+        return len(publish_report_artifacts(run_dir, load_evaluations(run_dir), key_prefix="test-report"))
 
     assert publish() == 4
     with get_client(sync_client=True) as client:
