@@ -9,12 +9,11 @@ on the same problems (`evaluation_plan`: N=1 rows, the single-turn rows at T=1, 
 with `evaluation.selection`, the reference arm's selection ablation), and the compare stage
 writes the report. `compare_plan` describes all of that, the cost of the run and the
 differences it can resolve (`mucode.budget`, `mucode.power`), and the GPU commands, without
-running anything (`python -m mucode.flows.compare --plan`). Wiring only.
+running anything (`mucode compare --plan`, or `python -m mucode.flows.compare --plan`). Wiring only.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from mucode.compare import iteration_label
 from mucode.flows.experiment import ConfigChoice, IterationRecord, load_experiment
 from mucode.run_summary import summarised_run
 from mucode.flows.evaluate import BASE_LABEL
-from mucode.flows.train import flow_argument_parser, train_arm
+from mucode.flows.train import train_arm
 from mucode.power import power_table
 from mucode.tasks.compare import compare_task, reference_method
 from mucode.selection import VERIFIER_RULES
@@ -288,32 +287,11 @@ def with_values(settings: Any, pairs: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = flow_argument_parser("mucode.flows.compare", mucode_compare.description, "configs/compare-cpu.yaml")
-    parser.add_argument("--plan", action="store_true",
-                        help="print what would run (stages, evaluations, cost, power, GPU commands) as JSON and exit")
-    parser.add_argument("--speed", action="append", default=[], metavar="NAME=TOK_PER_S",
-                        help=f"a measured speed for the plan's cost, repeatable; names: {', '.join(Speeds.__annotations__)}")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"a token count or rate for the plan's cost, repeatable; names: {', '.join(Shape.__annotations__)}")
-    parser.add_argument("--discordance", action="append", type=float, default=[], metavar="SHARE",
-                        help="share of problems two methods disagree on, for the plan's power table; repeatable "
-                             f"(default {', '.join(map(str, DEFAULT_DISCORDANCES))})")
-    args = parser.parse_args(argv)
-    try:
-        cfg, _ = load_experiment(args.config, args.override)
-        speeds, shape = with_values(Speeds(), args.speed), with_values(Shape(), args.shape)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.plan:
-        print(json.dumps(compare_plan(cfg, speeds, shape, args.discordance or DEFAULT_DISCORDANCES), indent=2))
-        return 0
-    state = mucode_compare(config=args.config, overrides=args.override or None, return_state=True)
-    if not state.is_completed():
-        print(f"mucode-compare ended {state.name}: {state.message}", file=sys.stderr)
-        return 1
-    print(f"Report: {state.result()}")
-    return 0
+    """`mucode compare` (`--config`, `--set`/`--override`, `--plan`, `--speed`, `--shape`,
+    `--discordance`), run as `python -m mucode.flows.compare`."""
+    from mucode.cli import run_command
+
+    return run_command("compare", argv)
 
 
 if __name__ == "__main__":

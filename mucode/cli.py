@@ -1,8 +1,10 @@
-"""The `mucode` command line: thin commands over the stage functions.
+"""The `mucode` command line: thin commands over the stage functions and the flows.
 
 Each command parses its options, imports what it needs lazily (so `mucode --help` does not
-load torch), calls one plain function, and turns a known error into one line on stderr
-and exit code 2. No algorithm lives here.
+load torch), calls the stage functions (`rollout`, `evaluate`, `stage`) or a flow (`train`,
+`compare`; `python -m mucode.flows.train|compare` run these same commands through
+`run_command`), and turns a known error into one line on stderr and exit code 2. No
+algorithm lives here.
 """
 
 from __future__ import annotations
@@ -219,14 +221,71 @@ def report(run_dir: Path = typer.Argument(..., help="an experiment directory")):
     typer.echo(_run(build_report, run_dir))
 
 
+OVERRIDE_OPTION = ("--set", "--override")  # --override: the flows' older spelling, kept for `python -m mucode.flows.X`
+
+
 @app.command()
 def train(config: Path = typer.Option(Path("configs/smoke.yaml"), help="YAML config"),
-          set: list[str] = typer.Option([], "--set", help="config override section.key=value")):
+          set: list[str] = typer.Option([], *OVERRIDE_OPTION, help="config override section.key=value (repeatable)")):
     """Run the whole M-iteration µCode flow (Prefect), then evaluation and the report."""
-    from mucode.flows.train import main as train_main
+    from mucode.flows.experiment import load_experiment
+    from mucode.flows.train import mucode_train, ui_hint
 
-    arguments = ["--config", str(config)] + [item for override in set for item in ("--override", override)]
-    raise typer.Exit(train_main(arguments))
+    _run(load_experiment, str(config), set)  # fail in one line before Prefect starts
+    state = mucode_train(config=str(config), overrides=set or None, return_state=True)
+    raise typer.Exit(_flow_outcome(state, "mucode-train", ui_hint(state.state_details.flow_run_id)))
+
+
+@app.command()
+def compare(config: Path = typer.Option(Path("configs/compare-cpu.yaml"), help="YAML config"),
+            set: list[str] = typer.Option([], *OVERRIDE_OPTION, help="config override section.key=value (repeatable)"),
+            plan: bool = typer.Option(False, "--plan", help="print what would run (stages, evaluations, cost, power, "
+                                                              "GPU commands) as JSON and exit"),
+            speed: list[str] = typer.Option([], metavar="NAME=TOK_PER_S",
+                                            help="a measured speed for the plan's cost (repeatable); names: "
+                                                 "the fields of Speeds in mucode/budget.py"),
+            shape: list[str] = typer.Option([], metavar="NAME=VALUE",
+                                            help="a token count or rate for the plan's cost (repeatable); names: "
+                                                 "the fields of Shape in mucode/budget.py"),
+            discordance: list[float] = typer.Option([], metavar="SHARE",
+                                                    help="share of problems two methods disagree on, for the plan's "
+                                                         "power table (repeatable; default 0.1, 0.2, 0.3)")):
+    """Train every arm of compare.arms from the same base rollouts, evaluate them and the base model, report."""
+    import json
+
+    from mucode.budget import Shape, Speeds
+    from mucode.flows.compare import DEFAULT_DISCORDANCES, compare_plan, mucode_compare, with_values
+    from mucode.flows.experiment import load_experiment
+
+    cfg, _ = _run(load_experiment, str(config), set)
+    speeds, shapes = _run(with_values, Speeds(), speed), _run(with_values, Shape(), shape)
+    if plan:
+        typer.echo(json.dumps(compare_plan(cfg, speeds, shapes, discordance or DEFAULT_DISCORDANCES), indent=2))
+        return
+    state = mucode_compare(config=str(config), overrides=set or None, return_state=True)
+    raise typer.Exit(_flow_outcome(state, "mucode-compare"))
+
+
+def _flow_outcome(state, flow_name: str, hint: str = "") -> int:
+    """Print where a finished flow's report is (or how it ended) and the UI hint; the exit code."""
+    if not state.is_completed():
+        typer.echo(f"{flow_name} ended {state.name}: {state.message}", err=True)
+        if hint:
+            typer.echo(hint, err=True)
+        return 1
+    typer.echo(f"Report: {state.result()}")
+    if hint:
+        typer.echo(hint)
+    return 0
+
+
+def run_command(command: str, argv: list[str] | None = None) -> int:
+    """`mucode COMMAND ARGV...` in this process (argv None: the process's own arguments); its exit code."""
+    try:
+        app([command, *(sys.argv[1:] if argv is None else argv)], prog_name="mucode")
+    except SystemExit as done:  # Typer's standalone mode ends every run with one
+        return done.code if isinstance(done.code, int) else 1
+    return 0
 
 
 def main() -> None:  # pragma: no cover

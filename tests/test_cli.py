@@ -16,6 +16,9 @@ runner = CliRunner()
     (["evaluate", "--config", "configs/smoke.yaml", "--generator", "g", "--dataset", "humaneval", "--out", "o",
       "--selection", "pt+lv"], "selection pt+lv needs --verifier"),
     (["stage", "nope", "--config", "configs/smoke.yaml"], "unknown stage 'nope'"),
+    (["train", "--set", "rollout.num_rolouts=2"], "unknown key 'rollout.num_rolouts'"),
+    (["compare", "--override", "rollout.num_rolouts=2"], "unknown key 'rollout.num_rolouts'"),
+    (["compare", "--plan", "--speed", "nope=1"], "unknown name 'nope' in 'nope=1'"),
 ])
 def test_bad_input_is_one_line(arguments, expected):
     result = runner.invoke(app, arguments)
