@@ -208,3 +208,17 @@ def test_publishing_inside_a_flow_creates_table_markdown_and_images(prefect_harn
     assert "](data:image/png;base64," in markdown and "](bon_at_t.png)" not in markdown
     assert by_key["test-report-scaling"].type == "image"
     assert by_key["test-report-scaling"].data.startswith("data:image/png;base64,iVBORw0KGgo")
+
+
+def test_report_stage_writes_the_report_of_the_given_evaluations_from_their_manifests(run_dir: Path):
+    from mucode.config import parse_config
+    from mucode.tasks.report import REPORT_DIR, report_stage
+
+    chosen = [save(run_dir, "base", "humaneval", 1, {"p": 1}), save(run_dir, "tuned", "humaneval", 1, {"p": None})]
+    report = Path(report_stage(parse_config({}), str(run_dir), chosen))
+    assert report == run_dir / REPORT_DIR / REPORT_FILE
+    records = table_records(load_evaluations(run_dir))
+    assert len(records) > 2  # the run holds more evaluations than the two reported
+    text = report.read_text()
+    assert "Built from 2 evaluation(s)" in text and "| base | 1 | 3 | 100.0 [" in text and "| tuned | 1 | 3 | 0.0 [" in text
+    assert sorted(path.name for path in report.parent.iterdir()) == [CURVES_FILE, REPORT_FILE]  # no evaluation copies
