@@ -284,7 +284,7 @@ def run_command(command: str, argv: list[str] | None = None) -> int:
     try:
         app([command, *(sys.argv[1:] if argv is None else argv)], prog_name="mucode")
     except SystemExit as done:  # Typer's standalone mode ends every run with one
-        return done.code if isinstance(done.code, int) else 1
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else 1
     return 0
 
 
