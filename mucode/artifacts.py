@@ -20,6 +20,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -290,8 +291,11 @@ class ArtifactStore:
         for manifest_path in self.fs.glob(pattern):
             try:
                 manifest = json.loads(self.fs.cat_file(manifest_path))
-            except json.JSONDecodeError:
-                continue  # a corrupt manifest is reported when its artifact is read
+            except json.JSONDecodeError as error:
+                # Listed artifacts are read later by their manifests: say which one is lost.
+                print(f"skipped {self._url(manifest_path)}: corrupt manifest ({error}); re-run its stage",
+                      file=sys.stderr)
+                continue
             suffix = ".parquet" if manifest.get("kind") == "frame" else ""
             manifest["path"] = self._url(manifest_path.removesuffix(".json") + suffix)
             manifests.append(manifest)

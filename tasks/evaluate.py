@@ -140,7 +140,15 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     artifact = store.put_frame(rows, stage=stage, config_hash=cfg.section_digest(*SECTIONS),
                                inputs=inputs, extra={"evaluation": meta, "metrics": summary})
     checkpoint.unlink(missing_ok=True)  # the rows are stored: nothing is left to resume
+    remove_empty_folders(folder, up_to=folder.parents[2])
     return artifact
+
+
+def remove_empty_folders(folder: Path, up_to: Path) -> None:
+    """Remove `folder` and its parents below `up_to` while they are empty."""
+    while folder != up_to and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

@@ -518,6 +518,7 @@ def test_a_killed_evaluate_stage_resumes_at_its_last_finished_turn(tmp_path, mon
     assert store.get_frame(resumed).equals(whole)
     assert store.manifest(resumed)["evaluation"]["details"]["resumed_after_turn"] == 2
     assert not checkpoint.exists()  # the rows are stored: nothing is left to resume
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nor an empty folder
 
 
 def test_the_evaluate_command_runs_the_stages_into_its_out_directory(tmp_path, monkeypatch):

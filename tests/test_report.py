@@ -163,6 +163,14 @@ def test_malformed_evaluation_manifest_is_named(run_dir: Path):
         build_report(run_dir)
 
 
+def test_a_torn_manifest_is_named_on_stderr_and_the_other_evaluations_still_load(run_dir: Path, capsys):
+    manifest = next(Path(m["path"]).with_suffix(".json") for m in ArtifactStore(run_dir).list()
+                    if m["evaluation"]["n"] == 5)
+    manifest.write_text(manifest.read_text()[:40])
+    assert len(load_evaluations(run_dir)) == 4
+    assert f"skipped {manifest}: corrupt manifest" in capsys.readouterr().err
+
+
 def test_inline_images_embeds_local_pngs_only(tmp_path: Path):
     (tmp_path / "a.png").write_bytes(PNG_SIGNATURE + b"rest")
     text = inline_images("x ![A](a.png) y ![B](missing.png)", tmp_path)
