@@ -2,7 +2,9 @@
 
 Every measurement runs in its own process (so one engine's memory and threads never touch
 another's), and the rounds interleave the engines (hf, ct2 int8, ct2 int8_float32, hf, ...),
-so a change in the machine's load hits all of them alike. Per round and engine:
+so a change in the machine's load hits all of them alike. ``--wait-policies`` adds a copy of
+each engine per OpenMP wait policy (each process gets its own ``OMP_WAIT_POLICY``). Per round
+and engine:
 
   speed   greedy decoding of chat-templated HumanEval prompts (the project's first user
           message), 256 new tokens, at batch 1 (the first ``--batch1-prompts`` prompts one
@@ -121,7 +123,13 @@ def measure_passes(spec: dict) -> dict:
 def run_child(spec: dict) -> dict:
     """Run one measurement in a fresh process; its last stdout line is the JSON result."""
     command = [sys.executable, __file__, "--child", json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    policy = spec.get("wait_policy", "inherit")
+    if policy == "unset":
+        env.pop("OMP_WAIT_POLICY", None)
+    elif policy != "inherit":
+        env["OMP_WAIT_POLICY"] = policy
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
         raise SystemExit(f"{label(spec)} failed: {tail[0]}")
@@ -129,7 +137,9 @@ def run_child(spec: dict) -> dict:
 
 
 def label(spec: dict) -> str:
-    return "hf float32" if spec["engine"] == "hf" else f"ct2 {spec['compute_type']}"
+    policy = spec.get("wait_policy", "inherit")
+    name = "hf float32" if spec["engine"] == "hf" else f"ct2 {spec['compute_type']}"
+    return name + ("" if policy == "inherit" else f" omp={policy}")
 
 
 def main() -> None:
@@ -144,6 +154,10 @@ def main() -> None:
     parser.add_argument("--pass-compute-types", nargs="+", default=["int8"])
     parser.add_argument("--tasks", nargs="+", choices=["speed", "passes", "throughput"], default=["speed", "passes"])
     parser.add_argument("--samples", type=int, default=4, help="throughput: samples per problem")
+    parser.add_argument("--wait-policies", nargs="+", default=["inherit"],
+                        help="speed: OMP_WAIT_POLICY of each engine's processes (inherit, unset, PASSIVE, "
+                             "ACTIVE); torch and CTranslate2 each load their own OpenMP runtime, which reads "
+                             "it at import. Ratios are to hf float32 with the inherited policy")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -158,7 +172,9 @@ def main() -> None:
     model = resolve_model(args.model)  # convert once here, not inside a timed child
     base = {"model": model, "batch_sizes": args.batch_sizes, "batch1_prompts": args.batch1_prompts,
             "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens, "samples": args.samples}
-    engines = [{"engine": "hf"}] + [{"engine": "ct2", "compute_type": kind} for kind in args.compute_types]
+    engines = [{"engine": "hf", "wait_policy": policy} for policy in args.wait_policies] + [
+        {"engine": "ct2", "compute_type": kind, "wait_policy": policy}
+        for kind in args.compute_types for policy in args.wait_policies]
     print(f"{args.model}: greedy, {SPEED_TOKENS} new tokens, chat-templated HumanEval prompts; "
           f"{args.rounds} interleaved rounds, one process per engine and round; "
           f"load average {os.getloadavg()[0]:.1f} at start (the machine may be shared)", flush=True)
@@ -167,11 +183,10 @@ def main() -> None:
     if "passes" in args.tasks:
         compare_passes(args, base)
     if "throughput" in args.tasks:
-        for kind in args.compute_types:
-            spec = {**base, "engine": "ct2", "compute_type": kind, "task": "throughput"}
+        for spec in [{**base, **engine, "task": "throughput"} for engine in engines if engine["engine"] == "ct2"]:
             result = run_child(spec)
             shown = "  ".join(f"batch {size}: {rate:6.1f} tok/s" for size, rate in result["tokens_per_s"].items())
-            print(f"ct2 {kind} generate, T=0.7, {args.problems} problems x {args.samples} samples, "
+            print(f"{label(spec)} generate, T=0.7, {args.problems} problems x {args.samples} samples, "
                   f"{SPEED_TOKENS} new tokens: {shown}  peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
 
 
@@ -187,14 +202,14 @@ def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> 
             rss[label(spec)] = max(rss.get(label(spec), 0.0), result["peak_rss_gb"])
             shown = "  ".join(f"batch {size}: {rate:6.1f} tok/s ({result['threads'][size]} thr)"
                               for size, rate in result["tokens_per_s"].items())
-            print(f"round {round_number}  {label(spec):<17} {shown}  peak RSS {result['peak_rss_gb']:.2f} GB "
+            print(f"round {round_number}  {label(spec):<24} {shown}  peak RSS {result['peak_rss_gb']:.2f} GB "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\nmedian tokens/s over {args.rounds} rounds, ratio to hf float32 generate:")
     baseline = rates["hf float32"]
     for name, per_batch in rates.items():
         cells = [f"batch {size}: {statistics.median(values):6.1f} ({statistics.median(values) / statistics.median(baseline[size]):.2f}x)"
                  for size, values in per_batch.items()]
-        print(f"  {name:<17} " + "  ".join(cells) + f"  peak RSS {rss[name]:.2f} GB")
+        print(f"  {name:<24} " + "  ".join(cells) + f"  peak RSS {rss[name]:.2f} GB")
 
 
 def compare_passes(args: argparse.Namespace, base: dict) -> None:

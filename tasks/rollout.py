@@ -115,18 +115,25 @@ def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, 
     ]
     rows: list[dict] = []
     stats = RolloutStats()
+    counted = {"tokens": 0, "at": 0.0}  # the engine's token count and the clock when stats last caught up
+
+    def count_generation() -> None:
+        now = time.perf_counter()
+        stats.tokens += engine.tokens_generated - counted["tokens"]
+        stats.generation_s += now - counted["at"]
+        counted.update(tokens=engine.tokens_generated, at=now)
 
     def advance(count: int) -> None:
         stats.done_in_turn += count
+        count_generation()  # per chunk, so the first turn's display shows tokens/s too
         if progress:
             progress(stats)
 
     def generate(searches: list[Search], turn: int) -> list[list[str]]:
         stats.turn, stats.live, stats.done_in_turn = turn, len(searches), 0
-        tokens_before, started = engine.tokens_generated, time.perf_counter()
+        counted.update(tokens=engine.tokens_generated, at=time.perf_counter())
         answers = generate_turn(engine, searches, turn, num_rollouts, sampling, chunk_size, advance)
-        stats.generation_s += time.perf_counter() - started
-        stats.tokens += engine.tokens_generated - tokens_before
+        count_generation()
         return [[answer] for answer in answers]
 
     def judge(replies: list[tuple[dict[str, str], str]]) -> list[Candidate]:

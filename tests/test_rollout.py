@@ -76,6 +76,15 @@ def test_evaluation_mode_runs_all_turns(sandbox):
     assert frame["turn"].to_list() == [1, 2, 3] and frame["final"].to_list() == [False, False, True]
 
 
+def test_progress_counts_tokens_within_the_first_turn(sandbox):
+    seen = []
+    run_rollouts(PROBLEMS, ScriptedEngine(SCRIPT), sandbox, num_rollouts=2, max_turns=2, sampling=SamplingParams(),
+                 chunk_size=1, progress=lambda stats: seen.append((stats.turn, stats.done_in_turn, stats.tokens)))
+    # Turn 1 is two chunks (one problem each, K = 2 answers of 10 tokens): the display counts
+    # each chunk's tokens as it finishes, not only at the end of the turn.
+    assert seen[:2] == [(1, 2, 20), (1, 4, 40)]
+
+
 def test_summary_rates(sandbox):
     frame = run_rollouts(PROBLEMS, ScriptedEngine(SCRIPT), sandbox, num_rollouts=1, max_turns=2, sampling=SamplingParams())
     summary = summarize_rollouts(frame)
