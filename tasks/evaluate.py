@@ -5,6 +5,8 @@
   rows are the artifact and the summary (`mucode.eval_summary.summarize`) is in its manifest.
   The rows are checkpointed after every turn (`mucode.eval_checkpoint`, under
   ROOT/checkpoints/): a killed stage, run again, resumes at its last finished turn. The
+  engine's replies are kept by call (`mucode.generation_memo`, under ROOT/generations/), so
+  evaluations that differ only in selection generate their shared turn-1 calls once. The
   flows and `mucode evaluate` both run it.
 - `scaling_plan`: the N values of an inference-time-scaling run (`mucode evaluate --scaling-n`).
 - `alias_evaluation_stage`: an evaluation's rows under another method's name.
@@ -36,7 +38,10 @@ from mucode.eval_checkpoint import (
     remove_checkpoints,
     save_checkpoint,
 )
+from mucode.code_digest import stage_code
 from mucode.eval_summary import summarize
+from mucode.generation_memo import MemoizedEngine
+from mucode.hashing import json_digest
 from mucode.selection import EvaluationError, check_selection
 
 
@@ -72,11 +77,20 @@ SECTIONS = ("model", "engine", "evaluation", "sandbox", "seed")
 CHECKPOINT_DIR = "checkpoints"  # under the experiment directory: the turn checkpoints of unfinished evaluations
 
 
+GENERATIONS_DIR = "generations"  # under the experiment directory: replies shared by identical calls
+
+
+def local_folder(store, *parts: str) -> Path:
+    """A folder for files that are not artifacts: under the experiment directory, or in local
+    temp for a remote store."""
+    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
+    return base.joinpath(*parts)
+
+
 def checkpoint_folder(store, stage: str, dataset: str) -> Path:
     """Where the turn checkpoints of one evaluation stage on one dataset live (a method is
-    evaluated on every eval dataset under one stage name); a remote store keeps them in local temp."""
-    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
-    return base / CHECKPOINT_DIR / stage / dataset
+    evaluated on every eval dataset under one stage name)."""
+    return local_folder(store, CHECKPOINT_DIR, stage, dataset)
 
 
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):
@@ -120,7 +134,12 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     finished = _resumable_rows(checkpoint, frame, n=n, turns=evaluation.turns, searches=evaluation.searches,
                                selection=selection)
     started = time.perf_counter()
-    with make_engine_from_config(cfg, model) as engine, make_sandbox_from_config(cfg) as sandbox:
+    # Evaluations differing only in selection make identical turn-1 calls: generate those once.
+    engine_identity = json_digest([cfg.section_digest("model", "engine"), settings["generator"],
+                                   stage_code("mucode.engines").digest])
+    memoized = MemoizedEngine(make_engine_from_config(cfg, model), local_folder(store, GENERATIONS_DIR),
+                              engine_identity)
+    with memoized as engine, make_sandbox_from_config(cfg) as sandbox:
         rows = run_search(frame, engine, sandbox, scorer, n=n, turns=evaluation.turns,
                           searches=evaluation.searches, selection=selection, sampling=sampling, seed=cfg.seed,
                           progress=True, finished_rows=finished,
@@ -133,7 +152,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
             "details": {"generator": model_hash(cfg, generator), "verifier": verifier.hash if verifier else "",
                         "seed": cfg.seed, "temperature": sampling.temperature,
                         "max_new_tokens": sampling.max_new_tokens, "wall_s": round(time.perf_counter() - started, 2),
-                        "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0)}}
+                        "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0),
+                        "reused_generate_calls": memoized.reused_calls}}
     inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
     # One folder per method: two methods can produce identical rows (an arm that had nothing to
     # train on is the base model), and one content-addressed file would carry only one manifest.

@@ -521,6 +521,31 @@ def test_a_killed_evaluate_stage_resumes_at_its_last_finished_turn(tmp_path, mon
     assert not (tmp_path / "run" / "checkpoints").exists()  # nor an empty folder
 
 
+def test_evaluations_differing_only_in_selection_generate_their_shared_first_turn_once(tmp_path, monkeypatch):
+    import mucode.tasks.evaluate as evaluate
+    from mucode.artifacts import ArtifactStore
+
+    cfg = tiny_config(n=2, turns=3, searches=2)
+    store = ArtifactStore(tmp_path)
+    problems = store.put_frame(problems_frame(), stage="problems")
+    made = {}
+    for selection in ("random", "pt"):
+        made[selection] = engine = ScriptedEngine()
+        scripted_stage(monkeypatch, engine)
+        made[selection, "rows"] = store.get_frame(evaluate.evaluate_stage(
+            cfg, str(tmp_path), problems=problems, generator=None, verifier=None, selection=selection, n=2,
+            label=f"base-{selection}"))
+    first_turn = [call for call in made["random"].calls if all(len(c) == 1 for c in call[0])]
+    assert first_turn and not [call for call in made["pt"].calls if all(len(c) == 1 for c in call[0])]
+    # The same candidates, selected differently: each search sees as many public passes.
+    columns = ["task_id", "search_id", "num_public_passing_candidates"]
+    assert (made["pt", "rows"].filter(pl.col("turn") == 1).select(columns)
+            .equals(made["random", "rows"].filter(pl.col("turn") == 1).select(columns)))
+    manifests = {m["evaluation"]["method"]: m for m in store.list() if "evaluation" in m}
+    assert manifests["base-pt"]["evaluation"]["details"]["reused_generate_calls"] == len(first_turn)
+    assert manifests["base-random"]["evaluation"]["details"]["reused_generate_calls"] == 0
+
+
 def test_the_evaluate_command_runs_the_stages_into_its_out_directory(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
