@@ -408,6 +408,27 @@ def test_ct2_seeded_sampling_repeats_for_equal_seeds_and_differs_otherwise(bundl
 
 
 @pytest.mark.slow
+def test_ct2_hands_a_batchs_prefill_memory_back_after_the_batch(bundled_dir: str, bundled_cache: Path) -> None:
+    """A rollout's heap reached 7 GiB: each batch's prefill memory stayed in the heap (kept
+    for reuse by `keep_freed_memory`) and fragmented. After a call the resident set is back
+    near where it started."""
+    from mucode.peak_rss import peak_rss_bytes, reset_peak_rss
+
+    def resident_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    long_prompts = [[{"role": "user", "content": f"{i}: " + "def f(x):\n    return x + 1\n" * 90}] for i in range(8)]
+    with make_engine("ct2", bundled_dir, batch_size=8, cache_dir=bundled_cache) as engine:
+        engine.generate(long_prompts[:1], 1, SamplingParams(temperature=0.0, max_new_tokens=2))
+        before = resident_mb()
+        reset_peak_rss()
+        engine.generate(long_prompts, 1, SamplingParams(temperature=0.7, max_new_tokens=4, seed=1))
+        peak_mb, after = peak_rss_bytes() / 2**20, resident_mb()
+    assert peak_mb - before > 300, "the batch should need real prefill memory, else this tests nothing"
+    assert after - before < 100, (before, peak_mb, after)
+
+
+@pytest.mark.slow
 def test_ct2_conversion_is_cached_per_checkpoint_content(bundled_dir: str, tmp_path: Path) -> None:
     """A fine-tuned checkpoint is served: its conversion is keyed on its weights, so a
     changed checkpoint at the same path gets a new conversion, and the old one stays."""
