@@ -56,6 +56,12 @@ def return_freed_memory() -> bool:
     instead of staying in the heap for reuse.
     """
     gc.collect()
+    return hand_back_free_pages()
+
+
+def hand_back_free_pages() -> bool:
+    """Give the heap's free pages back to the kernel (no garbage collection: cheap enough to
+    call after every generation batch); True where glibc did it."""
     libc = _glibc()
     if libc is None:
         return False

@@ -48,7 +48,7 @@ from mucode.engines.batching import cut_at_stop
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams
-from mucode.freed_memory import return_freed_memory
+from mucode.freed_memory import hand_back_free_pages
 from mucode.hashing import sha256_hex
 from mucode.models import CACHE_MARKER, ResolvedModel, build_once, default_cache_dir, resolve
 
@@ -194,7 +194,7 @@ class CT2Engine(BatchedEngine):
         # A batch's prefill frees ~0.3 MB per prompt token (1 GB for 8 x 400 tokens); the heap,
         # tuned to keep freed memory (models.py), would hold it and fragment from batch to
         # batch (a rollout reached 7 GiB). Handing it back costs a few ms per batch.
-        return_freed_memory()
+        hand_back_free_pages()
         return replies
 
     def check_open(self) -> None:
