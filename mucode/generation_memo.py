@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mucode.artifacts import write_atomically
-from mucode.hashing import sha256_hex
+from mucode.hashing import json_digest
 
 
 def call_key(identity: str, conversations: Sequence[Any], n: int, sampling: Any,
@@ -30,7 +30,7 @@ def call_key(identity: str, conversations: Sequence[Any], n: int, sampling: Any,
     """The file name of one call: a digest of the engine identity and every argument."""
     call = {"engine": identity, "conversations": list(conversations), "n": n,
             "sampling": dataclasses.asdict(sampling), "streams": None if streams is None else list(streams)}
-    return sha256_hex(json.dumps(call, sort_keys=True, default=str))
+    return json_digest(call)
 
 
 def read_replies(path: Path, conversations: int, n: int) -> list[list[str]] | None:
