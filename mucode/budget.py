@@ -20,7 +20,10 @@ measured on the machine (`Speeds`; the defaults are the measurements of issue 16
   release), or with `evaluation.stop_at_public_pass` stops at its first public pass
   (`Shape.eval_public_pass_rate` of the live searches per turn); rules lv and pt+lv also
   score every candidate. An evaluation that reuses another's rows (an untrained arm, the base
-  model's T = 1 row) costs nothing; the ablation's rules are fresh searches.
+  model's T = 1 row) costs nothing. The ablation's rules are fresh searches, but their first
+  turn is the same `generate` call as the reference evaluation's (same generator, problems, N
+  and seeds), which the generation memo (`mucode.generation_memo`) answers from disk: only
+  its verifier scoring is paid again.
 
 It plans, it does not measure: `run_cost(cfg, plan)` returns the tokens and hours per item
 and the total against `Speeds.budget_hours`.
@@ -144,16 +147,19 @@ def training_costs(cfg: Config, shape: Shape, speeds: Speeds, arms: list[str]) -
 
 
 def evaluation_cost(cfg: Config, shape: Shape, speeds: Speeds, name: str, problems: int, n: int, turns: int,
-                    uses_verifier: bool) -> dict[str, Any]:
+                    uses_verifier: bool, first_turn_memoized: bool = False) -> dict[str, Any]:
     """One search of `problems` problems, N draws per live search and turn: every search runs
-    all `turns` turns, or, with `evaluation.stop_at_public_pass`, until its first public pass."""
+    all `turns` turns, or, with `evaluation.stop_at_public_pass`, until its first public pass.
+    `first_turn_memoized`: an identical first turn was generated before (only scored again)."""
     answer = answer_tokens(shape, cfg.evaluation.sampling.max_new_tokens)
     searches = problems * cfg.evaluation.searches
     stay = 1 - shape.eval_public_pass_rate if cfg.evaluation.stop_at_public_pass else 1.0
     alive = [stay ** (turn - 1) for turn in range(1, turns + 1)]
-    draws = searches * n * sum(alive)
-    prefill = searches * n * sum(share * turn_prompt_tokens(shape, turn) for turn, share in enumerate(alive, 1))
-    scored = draws * (shape.prompt_tokens + answer) if uses_verifier else 0
+    all_draws = searches * n * sum(alive)
+    generated_turns = list(enumerate(alive, 1))[1 if first_turn_memoized else 0:]
+    draws = searches * n * sum(share for _, share in generated_turns)
+    prefill = searches * n * sum(share * turn_prompt_tokens(shape, turn) for turn, share in generated_turns)
+    scored = all_draws * (shape.prompt_tokens + answer) if uses_verifier else 0
     return _item(name, speeds, draws=draws, generated=draws * answer, prefilled=prefill, scored=scored)
 
 
@@ -162,6 +168,7 @@ def run_cost(cfg: Config, plan: list[Any], speeds: Speeds | None = None, shape: 
     reuse another's rows (`reuses`) cost nothing. `plan`: `mucode.flows.compare.PlannedEvaluation`s."""
     speeds, shape = speeds or Speeds(), shape or Shape()
     items = training_costs(cfg, shape, speeds, list(cfg.compare.arms))
+    first_turns: set[tuple[str, int, str]] = set()  # (method, N, dataset) whose first turn is in the memo
     for item in plan:
         for dataset in cfg.data.eval_datasets:
             if item.datasets is not None and dataset not in item.datasets:
@@ -172,7 +179,11 @@ def run_cost(cfg: Config, plan: list[Any], speeds: Speeds | None = None, shape: 
             if getattr(item, "reuses", ""):
                 items.append({**_item(name, speeds), "reuses": item.reuses})
                 continue
-            items.append(evaluation_cost(cfg, shape, speeds, name, problems, item.n, turns, item.uses_verifier))
+            memoized = (item.method, item.n, dataset) in first_turns
+            first_turns.add((item.method, item.n, dataset))
+            items.append({**evaluation_cost(cfg, shape, speeds, name, problems, item.n, turns, item.uses_verifier,
+                                            first_turn_memoized=memoized),
+                          **({"first_turn": "memoized"} if memoized else {})})
     hours = sum(item["hours"] for item in items)
     training_hours = sum(item["hours"] for item in items if not item["item"].startswith("evaluate"))
     return {"speeds": asdict(speeds), "shape": asdict(shape), "items": items,

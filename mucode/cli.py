@@ -249,7 +249,11 @@ def compare(config: Path = typer.Option(Path("configs/compare-cpu.yaml"), help="
                                                  "the fields of Shape in mucode/budget.py"),
             discordance: list[float] = typer.Option([], metavar="SHARE",
                                                     help="share of problems two methods disagree on, for the plan's "
-                                                         "power table (repeatable; default 0.1, 0.2, 0.3)")):
+                                                         "power table (repeatable; default 0.1, 0.2, 0.3)"),
+            discordance_from: Optional[Path] = typer.Option(
+                None, "--discordance-from", metavar="PARQUET",
+                help="the base model's rollouts (a run's execute or aggregate artifact): the plan's power table "
+                     "adds the share two of its runs disagree on, measured (mucode.power.sampling_discordance)")):
     """Train every arm of compare.arms from the same base rollouts, evaluate them and the base model, report."""
     import json
 
@@ -260,10 +264,32 @@ def compare(config: Path = typer.Option(Path("configs/compare-cpu.yaml"), help="
     cfg, _ = _run(load_experiment, str(config), set)
     speeds, shapes = _run(with_values, Speeds(), speed), _run(with_values, Shape(), shape)
     if plan:
-        typer.echo(json.dumps(compare_plan(cfg, speeds, shapes, discordance or DEFAULT_DISCORDANCES), indent=2))
+        shares, measured = list(discordance or DEFAULT_DISCORDANCES), None
+        if discordance_from is not None:
+            measured = _run(_measured_discordance, discordance_from)
+            shares.insert(0, measured["share"])
+        planned = compare_plan(cfg, speeds, shapes, shares)
+        if measured:
+            planned["measured_discordance"] = measured
+        typer.echo(json.dumps(planned, indent=2))
         return
     state = mucode_compare(config=str(config), overrides=set or None, return_state=True)
     raise typer.Exit(_flow_outcome(state, "mucode-compare"))
+
+
+def _measured_discordance(path: Path) -> dict:
+    import polars as pl
+
+    from mucode.compare import rollout_outcomes
+    from mucode.power import sampling_discordance
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no rollout artifact at {path}: give a run's artifacts/execute/<hash>.parquet")
+    try:
+        problems, share = sampling_discordance(rollout_outcomes(pl.read_parquet(path)))
+    except ValueError as error:  # one run per problem: nothing to measure
+        _fail(f"{path}: {error}")
+    return {"source": str(path), "problems": problems, "share": round(share, 4)}
 
 
 def _flow_outcome(state, flow_name: str, hint: str = "") -> int:

@@ -208,6 +208,52 @@ def unique_solves(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.
     return records
 
 
+def rollout_outcomes(aggregated: pl.DataFrame, iteration: int = 1) -> dict[str, list[bool]]:
+    """task_id -> whether each of its rollouts of `iteration` ended passing the oracle (its final turn).
+
+    `aggregated`: an aggregate frame, or an execute frame (one iteration's rollouts, no `iteration` column).
+    """
+    from mucode.columns import require_columns
+
+    require_columns(aggregated, ["task_id", "final", "oracle_passed"], CompareError, "the rollout frame",
+                    "give the execute or aggregate artifact of a run (artifacts/execute/*.parquet)")
+    finals = aggregated.filter(pl.col("final"))
+    if "iteration" in aggregated.columns:
+        finals = finals.filter(pl.col("iteration") == iteration)
+    outcomes: dict[str, list[bool]] = {}
+    for task_id, passed in finals.select("task_id", "oracle_passed").iter_rows():
+        outcomes.setdefault(task_id, []).append(bool(passed))
+    return outcomes
+
+
+def power_section(outcomes: Mapping[str, Sequence[bool]], problem_counts: Mapping[str, int]) -> str:
+    """What the evaluation sizes can resolve, given how often two runs of the base model disagree.
+
+    The discordance is measured on the base rollouts (`mucode.power.sampling_discordance`):
+    sampling noise alone, the least two methods trained from that model will disagree on.
+    """
+    from mucode.power import power_table, sampling_discordance
+
+    if not any(len(runs) >= 2 for runs in outcomes.values()):
+        return ("_(the base rollouts have one run per problem, so how often two runs disagree cannot be "
+                "measured: set rollout.num_rollouts to 2 or more)_")
+    problems, share = sampling_discordance(outcomes)
+    runs = round(sum(len(runs) for runs in outcomes.values()) / len(outcomes))
+    records = [{"Dataset": dataset_title(str(row["dataset"])), "Problems": str(row["problems"]),
+                "Resolvable Δ at 95% (exact McNemar, points)": "none" if row["mcnemar_resolvable_points"] is None
+                else f"{row['mcnemar_resolvable_points']:.1f}",
+                "Δ found with 80% power (points)": f"{row['detectable_80pct_power_points']:.1f}"}
+               for row in power_table(problem_counts, [share])]
+    return "\n".join([
+        f"Two independent runs of the base model disagree on **{share:.1%}** of problems: the mean over the "
+        f"{problems} training problems of 2p(1 − p), estimated without bias from their ~{runs} base rollouts each "
+        "(a rollout counts when its final turn passes the oracle). That is sampling noise alone, the least "
+        "discordance two methods trained from this model show; at it, the evaluation sizes resolve:", "",
+        markdown_table(records), "",
+        "More discordance (methods that really differ) needs a larger difference; the differences table above "
+        "gives the threshold at each pair's observed discordance."])
+
+
 def training_table(training: Sequence[Mapping[str, Any]], iterations: int = 1) -> str:
     """One row per arm and iteration: rollout pass rate, SFT examples, generator, verifier AUC."""
     records = []
@@ -316,9 +362,9 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
                      differences: Sequence[Difference], timings: Sequence[Mapping[str, Any]],
                      phases: Mapping[str, float], reference_method: str, n: int, selection: str,
                      has_ablation_plot: bool, curves_file: str, training: Sequence[Mapping[str, Any]] = (),
-                     only_solved: Sequence[Mapping[str, str]] = ()) -> str:
-    """The compare report: training data, Table 1, paired differences, unique solves, curves, ablation, costs,
-    configuration."""
+                     only_solved: Sequence[Mapping[str, str]] = (), power: str = "") -> str:
+    """The compare report: training data, Table 1, paired differences, power, unique solves, curves, ablation,
+    costs, configuration. `power`: `power_section`'s text (left out when empty)."""
     iterations = int(config.get("iterations", 1))
     untrained = untrained_methods(training, iterations)
     headline = [s for s in summaries if s.n in (1, n) and (s.n == 1 or s.selection == selection)]
@@ -347,6 +393,7 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
         "evaluation (no training data) is not listed: its difference is that method's.", "",
         differences_table(differences, iterations) if differences else "_(no pair of methods was evaluated alike)_",
         "",
+        *(["## Power", "", power, ""] if power else []),
         "## Problems only one method solves", "",
         f"Solved: BoN@T of the problem's searches at least {SOLVED_SHARE:.0%}. Among the methods evaluated alike "
         "(same N and selection rule; the base model and each arm's last iteration).", "",

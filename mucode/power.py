@@ -16,6 +16,11 @@ noise depends on m alone:
 - `detectable_difference(n, discordance, power)`: the true difference the test finds with
   probability `power` (normal approximation): (z_α + z_β)·sqrt(d / (n + (z_α + z_β)²)).
 - `discordance(a, b)`: the share of discordant problems from per-problem outcomes.
+- `sampling_discordance(runs)`: the share two independent runs of *one* model are expected to
+  disagree on, from several runs per problem: the mean over problems of 2p(1 - p), each
+  estimated without bias as 2c(k - c) / (k(k - 1)) from c successes in k runs. Measured on
+  the base model's rollouts it is the floor of the discordance between two methods that
+  start from it (sampling noise alone), so it sizes a comparison before it runs.
 
 Pure functions over counts; this module reads no artifact (`mucode.compare` applies it).
 """
@@ -23,7 +28,7 @@ Pure functions over counts; this module reads no artifact (`mucode.compare` appl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 
@@ -80,6 +85,18 @@ def discordance(first: Mapping[str, bool], second: Mapping[str, bool]) -> tuple[
     if not common:
         raise ValueError("the two methods share no problem: evaluate both on the same problems")
     return len(common), sum(1 for task in common if bool(first[task]) != bool(second[task])) / len(common)
+
+
+def sampling_discordance(runs: Mapping[str, Sequence[bool]]) -> tuple[int, float]:
+    """(problems with at least two runs, expected discordance of two independent runs) from per-problem outcomes."""
+    estimates = []
+    for outcomes in runs.values():
+        k, c = len(outcomes), sum(1 for passed in outcomes if passed)
+        if k >= 2:
+            estimates.append(2 * c * (k - c) / (k * (k - 1)))
+    if not estimates:
+        raise ValueError("sampling discordance needs at least two runs of some problem")
+    return len(estimates), sum(estimates) / len(estimates)
 
 
 def power_table(problem_counts: Mapping[str, int], discordances: list[float],

@@ -49,6 +49,15 @@ def training_records(store, training: dict[str, list[dict]] | None) -> list[dict
     return records
 
 
+def base_aggregate(store, training: dict[str, list[dict]] | None):
+    """The aggregate of iteration 1, whose rollouts are the base model's (shared by every arm), or None."""
+    for iterations in (training or {}).values():
+        for entry in iterations:
+            if entry["iteration"] == 1 and entry.get("aggregated") is not None:
+                return store.get_frame(entry["aggregated"])
+    return None
+
+
 def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None = None,
                   training: dict[str, list[dict]] | None = None) -> str:
     """Store-level stage: write report.md and compare.md for the evaluations; returns compare.md's path.
@@ -59,7 +68,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     from mucode.evaluations import read_evaluations
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
-        titled, unique_solves)
+        power_section, rollout_outcomes, titled, unique_solves)
     from mucode.publish import publish_markdown, publish_report_artifacts
     from mucode.report import plot_turn_curves, write_report
 
@@ -76,11 +85,15 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     plot_turn_curves(titled([s for s in summaries if s.n == n and s.selection == selection], cfg.iterations),
                      out / ARM_CURVES_FILE)
     ablation = plot_selection_ablation(summaries, reference, n, out / ABLATION_FILE)
+    base_rollouts = base_aggregate(store, training)
+    problem_counts = {s.dataset: int(s.metrics.get("problems", 0)) for s in summaries if s.metrics.get("problems")}
+    power = (power_section(rollout_outcomes(base_rollouts), problem_counts)
+             if base_rollouts is not None and problem_counts else "")
     markdown = compare_markdown(config=cfg.model_dump(mode="json"), summaries=summaries, differences=differences,
                                 timings=read_timings(root), phases=phases or {}, reference_method=reference, n=n,
                                 selection=selection, has_ablation_plot=ablation is not None,
                                 curves_file=ARM_CURVES_FILE, training=training_records(store, training),
-                                only_solved=unique_solves(summaries, rows, cfg.iterations))
+                                only_solved=unique_solves(summaries, rows, cfg.iterations), power=power)
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())
     publish_report_artifacts(out, summaries)

@@ -74,3 +74,20 @@ def test_stopping_at_the_public_pass_saves_the_turns_after_it():
     fewer = evaluation_cost(stopping, shape, Speeds(), "x", problems=8, n=5, turns=3, uses_verifier=False)
     assert every["draws"] == 8 * 5 * 3 and fewer["draws"] == 8 * 5 * (1 + 0.5 + 0.25)
     assert fewer["hours"] < every["hours"]
+
+
+def test_the_ablations_first_turn_is_read_from_the_generation_memo():
+    cfg = load_config(REPO / "configs" / "compare-cpu-qwen.yaml")
+    shape = Shape(eval_public_pass_rate=0.5)
+    fresh = evaluation_cost(cfg, shape, Speeds(), "x", problems=8, n=5, turns=3, uses_verifier=True)
+    memoized = evaluation_cost(cfg, shape, Speeds(), "x", problems=8, n=5, turns=3, uses_verifier=True,
+                               first_turn_memoized=True)
+    assert fresh["draws"] == 8 * 5 * 1.75 and memoized["draws"] == 8 * 5 * 0.75
+    assert memoized["score_tokens"] == fresh["score_tokens"]  # every candidate is still scored
+    items = run_cost(cfg, evaluation_plan(cfg), shape=shape)["items"]
+    # The reference evaluation (µCode, N=5, pt+lv) generates its first turn; the ablation's rules read it.
+    ablation = [item for item in items if item["item"].startswith("evaluate mucode N=5")]
+    assert [item.get("first_turn") for item in ablation] == [None, "memoized", "memoized", "memoized"]
+    assert all(item["draws"] < ablation[0]["draws"] for item in ablation[1:])
+    strongest = next(item for item in items if item["item"].startswith("evaluate strongest-baseline N=5"))
+    assert "first_turn" not in strongest  # another generator: nothing to reuse

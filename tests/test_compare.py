@@ -332,6 +332,27 @@ def test_compare_report_names_untrained_arms_and_reads_training_from_artifacts(t
     assert "| MBPP | 5 | µCode − Multi-turn Instruct (base) | +30.0 |" in differences and "| 3 / 0 |" in differences
     assert "µCode − Multi-turn RFT" not in differences  # RFT is the base model here: no second copy
     assert "| MBPP | 1 | µCode − Multi-turn Instruct (base) | +20.0 |" in differences  # N=1 compared too
+    assert "one run per problem" in text.split("## Power")[1].split("## Problems only")[0]
+
+
+def test_the_power_section_reads_the_base_rollouts_discordance():
+    import polars as pl
+
+    from mucode.compare import power_section, rollout_outcomes
+
+    # Two problems, four rollouts each (two turns per rollout, the final one judged): p0 passes 2 of 4, p1 all 4.
+    rows = [(task, rollout, turn, turn == 2, task == "p1" or rollout < 2)
+            for task in ("p0", "p1") for rollout in range(4) for turn in (1, 2)]
+    aggregated = pl.DataFrame(rows, schema=["task_id", "rollout_id", "turn", "final", "oracle_passed"], orient="row")
+    aggregated = pl.concat([aggregated.with_columns(iteration=pl.lit(1)),
+                            aggregated.with_columns(iteration=pl.lit(2), oracle_passed=pl.lit(False))])
+    outcomes = rollout_outcomes(aggregated)
+    assert outcomes == {"p0": [True, True, False, False], "p1": [True] * 4}  # iteration 2 left out
+    text = power_section(outcomes, {"humaneval": 164})
+    # (2/3 + 0) / 2 = 1/3 of problems disagree between two runs of the base model.
+    assert "**33.3%**" in text and "the 2 training problems" in text
+    from mucode.power import min_resolvable_difference
+    assert f"| HumanEval | 164 | {100 * min_resolvable_difference(164, 1 / 3):.1f} |" in text
 
 
 def test_iteration_titles_name_the_iteration():
@@ -361,7 +382,7 @@ def test_qwen_config_plans_issue_17s_comparison(capsys):
 
     assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance", "0.15"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["arms"] == ["mucode", "rft", "oracle", "single-turn-rft"]
+    assert plan["arms"] == ["mucode", "rft", "oracle"]
     evaluations = plan["evaluations"]
 
     def methods(**match) -> set[str]:
@@ -369,7 +390,7 @@ def test_qwen_config_plans_issue_17s_comparison(capsys):
 
     # N = 1 at T = 3 on both datasets for the base model and every multi-turn arm; the single-turn rows at T = 1.
     assert methods(n=1, turns=3, datasets=None) == {"base", "mucode", "rft", "oracle"}
-    assert methods(turns=1) == {"single-turn-base", "single-turn-rft"}
+    assert methods(turns=1) == {"single-turn-base"}  # the base model's first turns, at no cost
     # N = 5 with PT+LV for µCode and the strongest baseline on HumanEval; the µCode selection ablation there too.
     assert methods(n=5, selection="pt+lv", datasets=["humaneval"]) == {"mucode", "strongest-baseline"}
     assert {e["selection"] for e in evaluations if e["method"] == "mucode" and e["n"] == 5} == {
@@ -378,4 +399,26 @@ def test_qwen_config_plans_issue_17s_comparison(capsys):
     assert {row["discordance"] for row in plan["power"]} == {0.15}
     cost = plan["cost"]
     assert cost["items"] and cost["total_hours"] > 0 and isinstance(cost["within_budget"], bool)
-    assert any(item["item"].startswith("finetune single-turn-rft") for item in cost["items"])
+    assert [item["item"].split(",")[0] for item in cost["items"] if item["item"].startswith("finetune")] == [
+        "finetune mucode", "finetune rft", "finetune oracle"]
+
+
+def test_the_plan_measures_the_discordance_of_the_base_rollouts(tmp_path, capsys):
+    import polars as pl
+
+    from mucode.flows.compare import main
+
+    # An execute frame: p0 passes in 1 of 2 rollouts (2*1*1/(2*1) = 1), p1 in both (0): 0.5 on average.
+    rows = pl.DataFrame({"task_id": ["p0", "p0", "p0", "p1", "p1"], "rollout_id": [0, 0, 1, 0, 1],
+                         "final": [False, True, True, True, True], "oracle_passed": [False, True, False, True, True]})
+    rows.write_parquet(tmp_path / "execute.parquet")
+    assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance-from", str(tmp_path / "execute.parquet")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["measured_discordance"] == {"source": str(tmp_path / "execute.parquet"), "problems": 2, "share": 0.5}
+    assert {row["discordance"] for row in plan["power"]} == {0.5, 0.1, 0.2, 0.3}
+    # A frame without the outcomes, or a missing file: one line, exit code 2.
+    pl.DataFrame({"task_id": ["p0"]}).write_parquet(tmp_path / "bare.parquet")
+    assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance-from", str(tmp_path / "bare.parquet")]) == 2
+    assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance-from", str(tmp_path / "none.parquet")]) == 2
+    errors = capsys.readouterr().err
+    assert "lacks columns ['final', 'oracle_passed']" in errors and "no rollout artifact" in errors

@@ -7,10 +7,18 @@ from mucode.config import BUNDLED_MODEL, ConfigError, load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper-1b", "paper-8b", "compare-paper-1b", "paper-1b-codecontests"])
+@pytest.mark.parametrize("name", ["smoke", "demo", "paper-1b", "paper-8b", "compare-paper-1b", "paper-1b-codecontests",
+                                  "compare-cpu", "compare-cpu-qwen", "gpu-check"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.name == name
+
+
+def test_the_demo_learns_from_the_model_that_succeeds_with_the_fast_engine_and_lora():
+    cfg = load_config(CONFIGS / "demo.yaml")
+    assert cfg.model.name == "bundled:qwen2.5-coder-0.5b-instruct"  # SmolLM2 stays the tests' model
+    assert (cfg.engine.kind, cfg.finetune.method, cfg.verifier.method, cfg.verifier.loss) == ("ct2", "lora", "lora", "bt")
+    assert cfg.compute.num_gpus == 0 and cfg.rollout.max_turns > 1 and cfg.evaluation.turns > 1
 
 
 def test_paper_settings_follow_the_reference():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from mucode import metrics
 from mucode.power import (
     bootstrap_resolvable_difference, detectable_difference, discordance, mcnemar_p_value, min_resolvable_difference,
-    power_table)
+    power_table, sampling_discordance)
 
 
 def test_mcnemar_p_value_is_the_exact_binomial_tail():
@@ -58,3 +59,16 @@ def test_discordance_from_outcomes_and_the_plan_table():
     assert [(row["dataset"], row["discordance"]) for row in rows] == [
         ("humaneval", 0.1), ("humaneval", 0.4), ("mbpp", 0.1), ("mbpp", 0.4)]
     assert rows[0]["mcnemar_resolvable_points"] == round(100 * 10 / 164, 1)
+
+
+def test_sampling_discordance_is_the_mean_unbiased_2p1p_over_problems_with_two_runs():
+    runs = {"half": [True, False, True, False], "always": [True, True, True], "once": [True]}
+    # half: 2*2*2/(4*3) = 2/3; always: 0; once: skipped (one run says nothing of its spread).
+    assert sampling_discordance(runs) == (2, (2 / 3 + 0) / 2)
+    # Unbiased: over many problems with p = 0.3 and k = 4 runs it approaches 2p(1-p) = 0.42,
+    # where the plug-in estimate 2p̂(1-p̂) would approach 0.42 * 3/4.
+    rng = random.Random(0)
+    simulated = {str(i): [rng.random() < 0.3 for _ in range(4)] for i in range(20000)}
+    assert abs(sampling_discordance(simulated)[1] - 0.42) < 0.01
+    with pytest.raises(ValueError, match="two runs"):
+        sampling_discordance({"a": [True], "b": []})
