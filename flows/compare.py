@@ -7,7 +7,8 @@ computed once and are cache hits for the other arms; each arm keeps its iteratio
 under `ROOT/arms/<arm>/`. Then the base model and every iteration of every arm are evaluated
 on the same problems (`evaluation_plan`: N=1 rows, the single-turn rows at T=1, N=`evaluation.n`
 with `evaluation.selection`, the reference arm's selection ablation), and the compare stage
-writes the report. `compare_plan` describes all of that, the cost of the run and the
+rewrites the report after each evaluation, so a run of many hours shows its finished rows
+(in ROOT/report/compare.md and the Prefect UI) while it goes on. `compare_plan` describes all of that, the cost of the run and the
 differences it can resolve (`mucode.budget`, `mucode.power`), and the GPU commands, without
 running anything (`mucode compare --plan`, or `python -m mucode.flows.compare --plan`). Wiring only.
 """
@@ -18,7 +19,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
@@ -195,8 +196,12 @@ def timed(phases: dict[str, float], name: str) -> Iterator[None]:
 
 
 def evaluate_all(cfg: Config, root: str, arms: dict[str, list[IterationRecord]],
-                 phases: dict[str, float]) -> list[Artifact]:
+                 phases: dict[str, float],
+                 after_each: Callable[[list[Artifact]], None] | None = None) -> list[Artifact]:
     """Every planned evaluation on every dataset, the Table 1 rows first and the ablation last.
+
+    `after_each` is called with the evaluations so far after each one (the flow rewrites its
+    report then, so a run that takes days shows its finished rows while it goes on).
 
     The base model is scored by iteration 1's verifier (trained on the base rollouts, the same
     for every arm). A method with the same generator, verifier and N as one already evaluated
@@ -237,6 +242,8 @@ def evaluate_all(cfg: Config, root: str, arms: dict[str, list[IterationRecord]],
             evaluations.append(evaluation)
             if item.n == 1 and turns == full_turns:
                 n1_bon.setdefault(item.method, []).append(store.manifest(evaluation)["metrics"][f"bon@{turns}"])
+            if after_each is not None:
+                after_each(list(evaluations))
     return evaluations
 
 
@@ -267,8 +274,13 @@ def mucode_compare(config: ConfigChoice = "configs/compare-cpu.yaml", overrides:
         for arm in cfg.compare.arms:
             with timed(phases, f"train {arm} ({cfg.iterations} iteration(s))"):
                 arms[arm] = train_arm(arm_config(cfg, arm), root, state_root=arm_state_root(root, arm))
-        evaluations = evaluate_all(cfg, root, arms, phases)
-        return compare_task(cfg, root, evaluations=evaluations, phases=phases, training=training_summary(arms))
+        training, reports = training_summary(arms), []
+
+        def report_so_far(evaluations: list[Artifact]) -> None:
+            reports.append(compare_task(cfg, root, evaluations=evaluations, phases=dict(phases), training=training))
+
+        evaluate_all(cfg, root, arms, phases, after_each=report_so_far)
+        return reports[-1]
 
 
 def with_values(settings: Any, pairs: list[str]) -> Any:

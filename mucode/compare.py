@@ -398,7 +398,8 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
         f"Solved: BoN@T of the problem's searches at least {SOLVED_SHARE:.0%}. Among the methods evaluated alike "
         "(same N and selection rule; the base model and each arm's last iteration).", "",
         markdown_table(list(only_solved)) if only_solved else "_(fewer than two methods evaluated alike)_", "",
-        "## BoN@t per turn", "", f"![BoN@t per turn, every method]({curves_file})", "",
+        "## BoN@t per turn", "",
+        f"![BoN@t per turn, every method]({curves_file})" if curves_file else "_(no evaluation at T turns yet)_", "",
         f"## BoN selection ablation ({method_title(reference_method, iterations)}, N={n})", "",
         ablation_table(summaries, reference_method, n), "",
         f"![selection ablation]({ABLATION_FILE})" if has_ablation_plot else "_(fewer than two selection rules)_", "",

@@ -82,8 +82,11 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     differences = [difference for size in dict.fromkeys((1, n))
                    for difference in headline_differences(summaries, rows, method=reference, n=size, selection=selection,
                                                           resamples=cfg.compare.bootstrap_resamples, seed=cfg.seed)]
-    plot_turn_curves(titled([s for s in summaries if s.n == n and s.selection == selection], cfg.iterations),
-                     out / ARM_CURVES_FILE)
+    # Every method at N=n with the headline rule; until those exist (a run in progress), the N=1 rows.
+    curves = ([s for s in summaries if s.n == n and s.selection == selection]
+              or [s for s in summaries if s.n == 1 and s.turns == cfg.evaluation.turns])
+    if curves:
+        plot_turn_curves(titled(curves, cfg.iterations), out / ARM_CURVES_FILE)
     ablation = plot_selection_ablation(summaries, reference, n, out / ABLATION_FILE)
     base_rollouts = base_aggregate(store, training)
     problem_counts = {s.dataset: int(s.metrics.get("problems", 0)) for s in summaries if s.metrics.get("problems")}
@@ -92,7 +95,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     markdown = compare_markdown(config=cfg.model_dump(mode="json"), summaries=summaries, differences=differences,
                                 timings=read_timings(root), phases=phases or {}, reference_method=reference, n=n,
                                 selection=selection, has_ablation_plot=ablation is not None,
-                                curves_file=ARM_CURVES_FILE, training=training_records(store, training),
+                                curves_file=ARM_CURVES_FILE if curves else "", training=training_records(store, training),
                                 only_solved=unique_solves(summaries, rows, cfg.iterations), power=power)
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())

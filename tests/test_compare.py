@@ -152,6 +152,20 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
     assert (path.parent / "report.md").is_file()
 
 
+def test_a_run_in_progress_gets_a_report_of_its_first_rows(tmp_path):
+    """The flow rewrites the report after each evaluation: the first is the base model's N=1 row alone."""
+    cfg = load_config(CPU_CONFIG, {"run_dir": str(tmp_path)})
+    root = str(tmp_path / cfg.name)
+    store = ArtifactStore(root)
+    base = _store_evaluation(store, "base", "mbpp", 1, "random", {f"p{i}": (1 if i < 3 else None) for i in range(6)})
+    path = Path(compare_stage(cfg, root, [base], phases={}))
+    text = path.read_text()
+    assert "| Multi-turn Instruct (base) | 1 |" in text and "50.0" in text
+    assert "_(no pair of methods was evaluated alike)_" in text
+    width, _ = png_size(path.parent / ARM_CURVES_FILE)  # the N=1 rows stand in for the N=n curves
+    assert width > 100
+
+
 @pytest.mark.slow
 def test_compare_flow_runs_every_arm_from_shared_base_rollouts(prefect_harness, tmp_path, data_dir):
     """The real flow on tiny settings: four arms, one shared rollout stage, a report with the single-turn rows."""
@@ -182,6 +196,8 @@ def test_compare_flow_runs_every_arm_from_shared_base_rollouts(prefect_harness, 
     # multi-turn arm, T=1 for single-turn RFT), and the base model's T=1 row is the first turn of its N=1 search.
     multi_turn = len([arm for arm in untrained if arm != "single-turn-rft"])
     assert computed.count("evaluate-alias") == 2 * multi_turn + ("single-turn-rft" in untrained) + 1
+    # The report is rewritten after every evaluation, computed or reused, so a long run shows its finished rows.
+    assert computed.count("compare") == computed.count("evaluate") + computed.count("evaluate-alias")
 
 
 def test_an_aliased_evaluation_keeps_the_rows_under_the_new_name(tmp_path):
