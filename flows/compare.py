@@ -8,9 +8,10 @@ under `ROOT/arms/<arm>/`. Then the base model and every iteration of every arm a
 on the same problems (`evaluation_plan`: N=1 rows, the single-turn rows at T=1, N=`evaluation.n`
 with `evaluation.selection`, the reference arm's selection ablation), and the compare stage
 rewrites the report after each evaluation, so a run of many hours shows its finished rows
-(in ROOT/report/compare.md and the Prefect UI) while it goes on. `compare_plan` describes all of that, the cost of the run and the
-differences it can resolve (`mucode.budget`, `mucode.power`), and the GPU commands, without
-running anything (`mucode compare --plan`, or `python -m mucode.flows.compare --plan`). Wiring only.
+(in ROOT/report/compare.md and the Prefect UI) while it goes on. `compare_plan` describes
+all of that, the cost of the run and the differences it can resolve (`mucode.budget`,
+`mucode.power`), and the GPU commands, without running anything (`mucode compare --plan`,
+or `python -m mucode.flows.compare --plan`). Wiring only.
 """
 
 from __future__ import annotations
