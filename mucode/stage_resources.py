@@ -6,7 +6,9 @@ so the rollout and evaluation stages start them the same way. Nothing is started
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mucode.artifacts import Artifact, ArtifactStore
 from mucode.config import Config, SamplingConfig
@@ -37,6 +39,36 @@ def make_engine_from_config(cfg: Config, model: str | ResolvedModel):
     if cfg.engine.kind == "ct2":
         return make_engine("ct2", model, batch_size=cfg.engine.batch_size, compute_type=cfg.engine.compute_type)
     return make_engine("hf", model, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
+
+
+GENERATIONS_DIR = "generations"  # under the experiment directory: engine replies kept by call
+
+
+def local_folder(store: ArtifactStore, *parts: str) -> Path:
+    """A folder for files that are not artifacts: under the experiment directory, or in local
+    temp for a remote store."""
+    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
+    return base.joinpath(*parts)
+
+
+def generator_key(generator: Artifact | None, model: ResolvedModel) -> Any:
+    """What decides a generator's replies: its artifact hash, or for the base model (named, not
+    stored) the fingerprint of its files, so a replaced model at the same path is another key."""
+    from mucode.eval_checkpoint import files_fingerprint
+
+    return generator.hash if generator is not None else files_fingerprint(model.path)
+
+
+def memoized_engine(cfg: Config, store: ArtifactStore, model: ResolvedModel, key: Any):
+    """The config's engine for `model` (`key`: its `generator_key`), with its `generate` calls kept
+    on disk under ROOT/generations/ (`mucode.generation_memo`): an identical call, such as another
+    selection rule's first turn or a killed stage run again, reads the replies back."""
+    from mucode.code_digest import stage_code
+    from mucode.generation_memo import MemoizedEngine
+    from mucode.hashing import json_digest
+
+    identity = json_digest([cfg.section_digest("model", "engine"), key, stage_code("mucode.engines").digest])
+    return MemoizedEngine(make_engine_from_config(cfg, model), local_folder(store, GENERATIONS_DIR), identity)
 
 
 def make_sandbox_from_config(cfg: Config):

@@ -22,7 +22,6 @@ from mucode.orchestration import stage_task
 
 import dataclasses
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,16 +32,13 @@ from mucode.best_of_n import check_sizes, finished_turns, run_search
 from mucode.eval_checkpoint import (
     checkpoint_key,
     checkpoint_path,
-    files_fingerprint,
     load_checkpoint,
     remove_checkpoints,
     save_checkpoint,
 )
-from mucode.code_digest import stage_code
 from mucode.eval_summary import summarize
-from mucode.generation_memo import MemoizedEngine
-from mucode.hashing import json_digest
 from mucode.selection import EvaluationError, check_selection
+from mucode.stage_resources import local_folder
 
 
 def scaling_plan(n: int, scaling_ns: Sequence[int]) -> list[int]:
@@ -77,16 +73,6 @@ SECTIONS = ("model", "engine", "evaluation", "sandbox", "seed")
 CHECKPOINT_DIR = "checkpoints"  # under the experiment directory: the turn checkpoints of unfinished evaluations
 
 
-GENERATIONS_DIR = "generations"  # under the experiment directory: replies shared by identical calls
-
-
-def local_folder(store, *parts: str) -> Path:
-    """A folder for files that are not artifacts: under the experiment directory, or in local
-    temp for a remote store."""
-    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
-    return base.joinpath(*parts)
-
-
 def checkpoint_folder(store, stage: str, dataset: str) -> Path:
     """Where the turn checkpoints of one evaluation stage on one dataset live (a method is
     evaluated on every eval dataset under one stage name)."""
@@ -103,7 +89,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     """
 
     from mucode.artifacts import ArtifactStore
-    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, generator_model, model_hash, sampling_params
+    from mucode.stage_resources import (
+        generator_key, generator_model, make_sandbox_from_config, memoized_engine, model_hash, sampling_params)
 
     evaluation = cfg.evaluation
     check_selection(selection, has_verifier=verifier is not None)
@@ -120,8 +107,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
     model = generator_model(cfg, store, generator)
     stage = f"evaluate-{label.replace('/', '_')}"  # a label may be a model path; the stage is a folder name
     # A base model is named, not stored: its files decide whether a checkpoint is still its own.
-    settings = {"problems": problems.hash,
-                "generator": generator.hash if generator is not None else files_fingerprint(model.path),
+    settings = {"problems": problems.hash, "generator": generator_key(generator, model),
                 "verifier": verifier.hash if verifier is not None else None,
                 "n": n, "turns": evaluation.turns, "searches": evaluation.searches, "selection": selection,
                 "sampling": dataclasses.asdict(sampling), "seed": cfg.seed,
@@ -135,10 +121,7 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
                                selection=selection)
     started = time.perf_counter()
     # Evaluations differing only in selection make identical turn-1 calls: generate those once.
-    engine_identity = json_digest([cfg.section_digest("model", "engine"), settings["generator"],
-                                   stage_code("mucode.engines").digest])
-    memoized = MemoizedEngine(make_engine_from_config(cfg, model), local_folder(store, GENERATIONS_DIR),
-                              engine_identity)
+    memoized = memoized_engine(cfg, store, model, settings["generator"])
     with memoized as engine, make_sandbox_from_config(cfg) as sandbox:
         rows = run_search(frame, engine, sandbox, scorer, n=n, turns=evaluation.turns,
                           searches=evaluation.searches, selection=selection, sampling=sampling, seed=cfg.seed,

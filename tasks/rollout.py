@@ -8,6 +8,9 @@ stop once a turn passes public and private tests; evaluation-mode rollouts run a
 The loop itself is `mucode.search` (one answer per rollout and turn); this module chooses
 the seed streams (`generate_turn`) and writes the rows.
 
+The engine's replies are kept by call under ROOT/generations/ (`mucode.generation_memo`), so
+a killed rollout stage, run again, reads its finished chunks back instead of generating them.
+
 Writes one row per turn (schema in docs/architecture.md). It does not label data for
 training (that is the execute stage) and does not choose among samples (that is evaluation).
 """
@@ -190,13 +193,16 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     """Store-level stage: roll out `generator` (None = the base model) on stored problems."""
     from mucode.artifacts import ArtifactStore
     from mucode.progress import rollout_progress
-    from mucode.stage_resources import make_engine_from_config, make_sandbox_from_config, generator_model, model_hash, sampling_params
+    from mucode.stage_resources import (
+        generator_key, generator_model, make_sandbox_from_config, memoized_engine, model_hash, sampling_params)
 
     store = ArtifactStore(root)
     frame = store.get_frame(problems)
     generator_hash = model_hash(cfg, generator)
     sampling = sampling_params(cfg.rollout.sampling, seed=cfg.seed * 100 + iteration)
-    with make_engine_from_config(cfg, generator_model(cfg, store, generator)) as engine, \
+    model = generator_model(cfg, store, generator)
+    # Replies kept by call: a killed rollout, run again, reads its finished chunks back.
+    with memoized_engine(cfg, store, model, generator_key(generator, model)) as engine, \
             make_sandbox_from_config(cfg) as sandbox, \
             rollout_progress(frame.height * cfg.rollout.num_rollouts, cfg.rollout.max_turns) as progress:
         rollouts = run_rollouts(frame, engine, sandbox, num_rollouts=cfg.rollout.num_rollouts,
@@ -206,7 +212,8 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
     return store.put_frame(rollouts, stage="rollout",
                            config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[problems.hash, generator_hash],
-                           extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts)})
+                           extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts),
+                                  "reused_generate_calls": engine.reused_calls})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

@@ -126,3 +126,31 @@ def test_bundled_model_rollouts(sandbox, data_dir, kind):
                            & (pl.col("turn") == 1)).row(0, named=True)
     assert json.loads(row["prompt_messages"])[-1]["content"] == "Feedback: " + earlier["feedback"]
     assert frame.equals(again), f"seeded rollouts on the {kind} engine must reproduce"
+
+
+@pytest.mark.slow
+def test_a_rollout_stage_run_again_reads_its_replies_back(tmp_path, data_dir):
+    """The stage keeps the engine's replies by call: run again (as after a kill), it generates nothing."""
+    from pathlib import Path
+
+    from mucode.artifacts import ArtifactStore
+    from mucode.config import load_config
+    from mucode.stage_resources import GENERATIONS_DIR
+    from mucode.tasks.problems import problems_stage
+    from mucode.tasks.rollout import rollout_stage
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    cfg = load_config(config, {"run_dir": str(tmp_path), "data.data_dir": str(data_dir), "rollout.num_rollouts": 2,
+                               "rollout.max_turns": 2, "rollout.sampling.max_new_tokens": 48, "sandbox.backend": "local"})
+    root = str(tmp_path / cfg.name)
+    problems = problems_stage(cfg, root, dataset="mbpp", split="train", limit=3)
+    store = ArtifactStore(root)
+    first = rollout_stage(cfg, root, problems, None, iteration=1)
+    first_rows, first_reused = store.get_frame(first), store.manifest(first)["reused_generate_calls"]
+    calls = len(list((Path(root) / GENERATIONS_DIR).glob("*.json")))
+    # The same rows again: the store keeps one artifact (content-addressed), its manifest the second run's.
+    again = rollout_stage(cfg, root, problems, None, iteration=1)
+    assert calls >= 2  # one call per turn at least (turn 2 continues the failed trajectories)
+    assert first_reused == 0
+    assert store.manifest(again)["reused_generate_calls"] == calls
+    assert store.get_frame(again).equals(first_rows)
