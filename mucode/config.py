@@ -187,6 +187,9 @@ class ComputeConfig(Section):
     bf16: bool = False
     gradient_checkpointing: bool = False
     dask_address: str | None = None
+    # A training stage saves a checkpoint after this many seconds of training (longer when
+    # saving is slow), and a killed stage run again resumes from it; None: no checkpoints.
+    checkpoint_every_s: float | None = Field(default=600.0, gt=0)
 
 
 class Config(Section):

@@ -10,28 +10,39 @@ CPU ranks (DDP over gloo), which is how the multi-process paths are tested witho
 (docs/architecture.md, "Multi-process training"). This module also maps the shared part of
 `ComputeConfig` onto transformers' `TrainingArguments` keywords, and wraps a stage's model in
 LoRA adapters (`method: lora`) that are merged back before saving, so every stage outputs a
-plain model directory. It does not build datasets or load models.
+plain model directory. A stage trains into `resumable_out_dir`, a folder named after what
+decides its result, and `train_resuming` checkpoints there every `compute.checkpoint_every_s`:
+a killed stage, run again, resumes from its last checkpoint (the Trainer restores the weights,
+optimizer, schedule, RNG and data position). It does not build datasets or load models.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
 from mucode.config import ComputeConfig, LoraSettings, TrainingMethod
 
+if TYPE_CHECKING:
+    from mucode.artifacts import ArtifactStore
+
 Stage = Literal["verifier", "finetune"]
 ADAPTER_SUBDIR = "lora-adapter"  # written, merged and removed again inside the stage's out_dir
+TRAINING_DIR = "training"  # under the experiment directory: out_dirs of unfinished training stages
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's name for a checkpoint folder, before the step
+SAVE_SHARE = 0.1  # at most this share of the training time goes to saving checkpoints
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIG_DIR = REPO_ROOT / "containers" / "accelerate"
 ACCELERATE_CONFIG_FILES = {"deepspeed-zero3": "deepspeed-zero3.yaml", "fsdp": "fsdp.yaml"}
@@ -152,7 +163,8 @@ def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learni
                       global_batch: int, accumulation_steps: int = 1) -> dict[str, Any]:
     """Keyword arguments shared by every `TrainingArguments` subclass the stages use.
 
-    AdamW with a linear schedule (the paper's), a loss logged every step, no checkpoints.
+    AdamW with a linear schedule (the paper's), a loss logged every step, no checkpoints
+    unless `train_resuming` asks for one (then only the newest is kept).
     fp32 on CPU; bf16 and activation checkpointing on GPUs as `compute` says.
     """
     on_cpu = compute.num_gpus == 0
@@ -169,6 +181,7 @@ def trainer_arguments(compute: ComputeConfig, out_dir: str, seed: int, *, learni
         "logging_strategy": "steps",
         "logging_steps": 1,
         "save_strategy": "no",
+        "save_total_limit": 1,
         "report_to": "none",
         "seed": seed,
         "data_seed": seed,
@@ -262,8 +275,98 @@ def loss_log(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def drop_trainer_state(out_dir: str) -> None:
-    """Remove what `Trainer.save_model` adds beside the model (a pickled TrainingArguments)."""
+    """Remove what the Trainer adds beside the model: a pickled TrainingArguments and the checkpoints."""
     Path(out_dir, "training_args.bin").unlink(missing_ok=True)
+    for checkpoint in Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def resumable_out_dir(store: ArtifactStore, stage: Stage, config_hash: str, inputs: Sequence[str]) -> Iterator[str]:
+    """The out_dir of a training stage, which holds its checkpoints: ROOT/training/<stage>-<key>,
+    the key a digest of what decides the result (the config sections it reads, its input
+    hashes and its code), so the same stage run again finds the checkpoints of a killed run
+    and any change starts afresh. Kept when the block fails (to resume), removed when it ends."""
+    from mucode.code_digest import stage_code
+    from mucode.hashing import json_digest
+    from mucode.stage_resources import local_folder
+
+    key = json_digest([config_hash, list(inputs), stage_code(f"mucode.tasks.{stage}").digest])[:16]
+    folder = local_folder(store, TRAINING_DIR, f"{stage}-{key}")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield str(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def last_checkpoint(out_dir: str) -> str | None:
+    """The newest finished checkpoint in out_dir, or None. The Trainer writes trainer_state.json
+    last, so a folder whose state does not parse was cut off mid-save and is skipped."""
+    def step(folder: Path) -> int:
+        suffix = folder.name[len(CHECKPOINT_PREFIX):]
+        return int(suffix) if suffix.isdigit() else -1
+
+    for folder in sorted(Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*"), key=step, reverse=True):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(folder)
+    return None
+
+
+def train_resuming(trainer: Any, checkpoint_every_s: float | None) -> Any:
+    """`trainer.train()`, resumed from the newest checkpoint in its output_dir if one is there,
+    saving one every `checkpoint_every_s` seconds (None: never); returns its TrainOutput."""
+    if checkpoint_every_s is not None:
+        trainer.add_callback(timed_checkpoints(checkpoint_every_s))
+    resume_from = last_checkpoint(trainer.args.output_dir)
+    if resume_from is not None and is_main_process():
+        print(f"resuming training from {resume_from}", file=sys.stderr, flush=True)
+    return trainer.train(resume_from_checkpoint=resume_from)
+
+
+def timed_checkpoints(every_s: float) -> Any:
+    """A TrainerCallback that asks for a checkpoint once `every_s` seconds have passed since the
+    start or the last save, and at least 1/SAVE_SHARE times as long as the last save took. Every
+    rank takes rank 0's decision (a collective save must not be asked of one rank alone)."""
+    from transformers import TrainerCallback
+
+    class TimedCheckpoints(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_save = time.monotonic()
+            self.save_took = 0.0
+            self.asked_at: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()  # count training time, not loading
+            return control
+
+        def on_step_end(self, args, state, control, **kwargs):
+            due = time.monotonic() - self.last_save >= max(every_s, self.save_took / SAVE_SHARE)
+            if state.global_step < state.max_steps and rank0_decides(due, args.device):
+                control.should_save = True
+                self.asked_at = time.monotonic()
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()
+            if self.asked_at is not None:
+                self.save_took, self.asked_at = self.last_save - self.asked_at, None
+            return control
+
+    return TimedCheckpoints()
+
+
+def rank0_decides(flag: bool, device: Any) -> bool:
+    """`flag` as rank 0 sees it, on every rank (itself when there is one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    decision = torch.tensor([int(flag)], device=device)
+    dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 def release_memory() -> None:

@@ -9,7 +9,8 @@ template writes after it is never generated, so it is dropped). The loss mask co
 exactly the answer and that end token. TRL's `SFTTrainer` trains on these tokens with
 `completion_only_loss`. Full fine-tune by default; `method: lora` trains LoRA adapters,
 merged into the weights before saving, so the output is always a plain safetensors model directory.
-On CPU it runs here in fp32; with GPUs under `accelerate launch` (see `mucode.training`).
+On CPU it runs here in fp32; with GPUs under `accelerate launch` (see `mucode.training`),
+checkpointing as it goes: a killed stage, run again, resumes from its last checkpoint.
 This module does not choose targets (that is `relabel`) and does not generate.
 """
 
@@ -28,8 +29,9 @@ from mucode.columns import require_columns
 from mucode.config import ComputeConfig, FinetuneConfig
 from mucode.models import ResolvedModel, resolve
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
-                             merge_saved_adapter, per_device_batch_size, release_memory, run_training,
-                             save_trained_model, trainer_arguments, trainable_model, write_metrics)
+                             merge_saved_adapter, per_device_batch_size, release_memory, resumable_out_dir,
+                             run_training, save_trained_model, train_resuming, trainer_arguments, trainable_model,
+                             write_metrics)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -169,7 +171,7 @@ def run_sft(cfg: FinetuneConfig, compute: ComputeConfig, base_model: str | Resol
     tokenizer = base.load_tokenizer(padding_side="right")
     examples, counts = tokenize_sft(tokenizer, sft, cfg.max_length)
     trainer = build_sft_trainer(cfg, compute, base, examples, out_dir, seed)
-    result = trainer.train()
+    result = train_resuming(trainer, compute.checkpoint_every_s)
     trainer.model.config.use_cache = True  # the Trainer switched it off for training; generation wants it
     save_trained_model(trainer, cfg.method, out_dir)
     metrics: dict[str, Any] = {
@@ -219,10 +221,11 @@ def finetune_stage(cfg, root: str, sft):
     from mucode.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
-    with store.scratch_dir("finetune") as out_dir:
+    config_hash, inputs = cfg.section_digest(*SECTIONS), [sft.hash]
+    with resumable_out_dir(store, "finetune", config_hash, inputs) as out_dir:
         metrics = finetune(cfg.finetune, cfg.compute, cfg.model.name, store.get_frame(sft), out_dir, seed=cfg.seed)
-        return store.put_dir(out_dir, stage="finetune", config_hash=cfg.section_digest(*SECTIONS),
-                             inputs=[sft.hash], extra={"metrics": metrics})
+        return store.put_dir(out_dir, stage="finetune", config_hash=config_hash, inputs=inputs,
+                             extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

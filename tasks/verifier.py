@@ -12,6 +12,7 @@ held out; `heldout_note` says why).
 `method: lora` trains LoRA adapters plus the (fully trainable) score head and merges them
 before saving, so the output is a plain one-logit model directory either way.
 On GPUs the training runs under `accelerate launch` (see `mucode.training`), which runs `main`.
+Training checkpoints as it goes: a killed stage, run again, resumes from its last checkpoint.
 This module does not score downstream answers (`mucode.verifier_scorer`) and does not relabel.
 """
 
@@ -29,8 +30,8 @@ import polars as pl
 
 from mucode.config import ComputeConfig, VerifierConfig
 from mucode.training import (drop_trainer_state, entry_point_parser, is_main_process, launch_options, loss_log,
-                             merge_saved_adapter, per_device_batch_size, release_memory, run_training,
-                             save_trained_model, trainable_model, write_metrics)
+                             merge_saved_adapter, per_device_batch_size, release_memory, resumable_out_dir,
+                             run_training, save_trained_model, train_resuming, trainable_model, write_metrics)
 from mucode.verifier_data import VerifierInputError, preference_pairs, split_problems, verifier_input_ids, verifier_samples
 from mucode.verifier_scorer import VerifierScorer, heldout_metrics
 from mucode.verifier_trainers import (bce_training_arguments, centered_reward_trainer_class, labelled_collator,
@@ -116,7 +117,7 @@ def fit_verifier(cfg: VerifierConfig, compute: ComputeConfig, base_model: str | 
         trainer = pointwise_trainer_class()(model=model, args=args, train_dataset=dataset,
                                             data_collator=labelled_collator(tokenizer.pad_token_id),
                                             processing_class=tokenizer)
-    result = trainer.train()
+    result = train_resuming(trainer, compute.checkpoint_every_s)
     save_trained_model(trainer, cfg.method, out_dir)
     metrics: dict[str, Any] = {
         "loss": cfg.loss,
@@ -163,11 +164,12 @@ def verifier_stage(cfg, root: str, aggregated, problems):
     from mucode.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
-    with store.scratch_dir("verifier") as out_dir:
+    config_hash, inputs = cfg.section_digest(*SECTIONS), [aggregated.hash, problems.hash]
+    with resumable_out_dir(store, "verifier", config_hash, inputs) as out_dir:
         metrics = train_verifier(cfg.verifier, cfg.model.name, store.get_frame(aggregated), store.get_frame(problems),
                                  out_dir, seed=cfg.seed, compute=cfg.compute)
-        return store.put_dir(out_dir, stage="verifier", config_hash=cfg.section_digest(*SECTIONS),
-                             inputs=[aggregated.hash, problems.hash], extra={"metrics": metrics})
+        return store.put_dir(out_dir, stage="verifier", config_hash=config_hash, inputs=inputs,
+                             extra={"metrics": metrics})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.

@@ -1,4 +1,4 @@
-"""Test-wide settings: offline data, quiet Prefect, shared paths."""
+"""Test-wide settings: offline data, quiet Prefect, shared paths, a tiny model to train."""
 
 import os
 import subprocess
@@ -59,3 +59,23 @@ def prefect_server(tmp_path_factory):
         yield env
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 1-layer random Llama with the bundled tokenizer: the training entry points' code path in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mucode.config import BUNDLED_MODEL
+    from mucode.models import load_tokenizer
+
+    tokenizer = load_tokenizer(BUNDLED_MODEL)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from mucode.config import BUNDLED_MODEL, ComputeConfig, FinetuneConfig, VerifierConfig
+from mucode.config import ComputeConfig, FinetuneConfig, VerifierConfig
 from mucode.training import (ACCELERATE_CONFIG_DIR, REPO_ROOT, TrainingLaunchError, accelerate_config_path,
                              build_launch_command, per_device_batch_size, run_training)
 
@@ -165,25 +165,6 @@ def test_trainer_image_copies_what_exists():
 
 
 # ---------------------------------------------------------------- the entry points on CPU (slow)
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 1-layer random Llama with the bundled tokenizer: the entry points' code path in seconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mucode.models import load_tokenizer
-
-    tokenizer = load_tokenizer(BUNDLED_MODEL)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
 
 def run_entry_point(stage, args):
     started = subprocess.run([sys.executable, "-m", f"mucode.tasks.{stage}", *args], capture_output=True,
