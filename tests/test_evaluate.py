@@ -318,6 +318,37 @@ def test_problem_chunks_fill_up_to_the_limit_without_splitting_a_problem(searche
     assert all(not (a & b) for a, b in zip(owners, owners[1:]))
 
 
+class EchoEngine(Engine):
+    """Replies name their conversation's task and sample; records each call's prompt sizes."""
+
+    def __init__(self) -> None:
+        self.call_sizes: list[list[int]] = []
+
+    def generate(self, conversations, n, sampling, streams=None):
+        self.call_sizes.append([len(conversation[0]["content"]) for conversation in conversations])
+        return [[f"{conversation[0]['content'].split()[0]}#{j}" for j in range(n)] for conversation in conversations]
+
+    def close(self):
+        pass
+
+
+def test_calls_hold_problems_of_similar_prompt_length_and_samples_return_to_their_search():
+    from mucode.best_of_n import generate_candidates
+    from mucode.search import Search
+
+    # Five problems of prompt sizes 10, 50, 30, 40, 20 (x2 searches): calls of 4 draws at N=2.
+    sizes = [10, 50, 30, 40, 20]
+    live = [Search({"task_id": f"p{index}"}, search_id, [{"role": "user", "content": f"p{index} " + "x" * size}],
+                   random.Random(0))
+            for index, size in enumerate(sizes) for search_id in range(2)]
+    engine = EchoEngine()
+    samples = generate_candidates(engine, live, 1, 2, SamplingParams(max_new_tokens=4), chunk_draws=4)
+    assert samples == [[f"p{index}#0", f"p{index}#1"] for index in range(5) for _ in range(2)]
+    called = [size - 3 for call in engine.call_sizes for size in call]  # the "pN " prefix is 3 characters
+    assert called == [50, 50, 40, 40, 30, 30, 20, 20, 10, 10]  # longest first, a problem's searches together
+    assert [len(call) for call in engine.call_sizes] == [2] * 5
+
+
 def test_pt_submits_the_first_public_pass_and_bon_counts_its_private_failure(sandbox):
     rows = search(sandbox).filter(pl.col("task_id") == "add").sort("search_id", "turn")
     turn1 = rows.filter(pl.col("turn") == 1)
@@ -337,8 +368,9 @@ def test_pt_submits_the_first_public_pass_and_bon_counts_its_private_failure(san
 def test_feedback_of_the_selected_answer_is_appended_and_private_tests_stay_hidden(sandbox):
     engine = ScriptedEngine()
     search(sandbox, engine=engine)
-    second_turn = engine.calls[1][0]
-    add_conversation, neg_conversation = second_turn[0], second_turn[3]
+    second_turn = engine.calls[1][0]  # longest conversations first, so found by task
+    add_conversation = next(c for c in second_turn if "add(a, b)" in c[0]["content"])
+    neg_conversation = next(c for c in second_turn if "add(a, b)" not in c[0]["content"])
     assert [m["role"] for m in add_conversation] == ["user", "assistant", "user"]
     assert add_conversation[1]["content"] == HARDCODED_ADD
     assert add_conversation[2]["content"] == "Feedback: All public tests passed."
