@@ -2,9 +2,8 @@
 
 `run_search` runs S independent searches per problem, T turns each, through the one
 multi-turn loop (`mucode.search`). Every turn, all searches of all problems advance
-together: `engine.generate(conversations, n=N)` calls of about `chunk_draws` draws each (a
-problem's searches in one call, problems of similar prompt length together; the progress
-bar counts the draws) and one sandbox batch
+together: `engine.generate(conversations, n=N)` calls of about `chunk_draws` draws each
+(`mucode.engine_calls`; the progress bar counts the draws) and one sandbox batch
 holding the public AND private tests of every candidate. The selected candidate's public
 feedback is appended to its conversation; the private verdict is only recorded (for
 metrics), never shown to the model. All T turns run (eval mode), unless
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from mucode.engine_calls import Request, generate_in_calls
 from mucode.environment import extend_conversation, initial_conversation, is_finished
 from mucode.progress import stage_progress
 from mucode.search import (PROBLEM_COLUMNS, Candidate, Choice, Search, judge_candidates, play_turn, require_problems,
@@ -78,66 +77,18 @@ def check_sizes(n: int, turns: int, searches: int) -> None:
             raise EvaluationError(f"--{name} must be >= 1, got {value}")
 
 
-def _check_generated(samples: list[list[str]], searches: int, n: int) -> None:
-    if len(samples) != searches or any(len(row) != n for row in samples):
-        raise EvaluationError(f"engine returned {[len(row) for row in samples]} samples, expected {searches} x {n}")
-
-
-def problem_chunks(live: Sequence[Search], searches_per_chunk: int) -> list[list[Search]]:
-    """`live` cut into consecutive chunks of at most `searches_per_chunk` searches, never
-    splitting one problem's searches (a chunk holds more only when one problem has more)."""
-    chunks: list[list[Search]] = []
-    for _, group in itertools.groupby(live, key=lambda search: search.problem["task_id"]):
-        searches = list(group)
-        if chunks and len(chunks[-1]) + len(searches) <= searches_per_chunk:
-            chunks[-1].extend(searches)
-        else:
-            chunks.append(searches)
-    return chunks
-
-
-def longest_problems_first(live: Sequence[Search]) -> list[int]:
-    """Positions in `live`, the problems with the longest conversations first; a problem's
-    searches stay together and in order, and ties keep `live`'s order.
-
-    An engine batches one call's draws by prompt length, and CTranslate2 feeds the part of a
-    batch's prompts past its shortest one token at a time. Later turns' prompts range from a
-    few hundred to ~1,500 tokens, so calls cut from the length-ordered turn hold similar
-    lengths. On the second and third turns of the Qwen comparison's rollouts, taken as one
-    search per problem in calls of 64, that is 1.8x fewer such steps than calls of
-    consecutive problems."""
-    def size(position: int) -> int:
-        return sum(len(message["content"]) for message in live[position].conversation)
-
-    problems = [list(positions) for _, positions in
-                itertools.groupby(range(len(live)), key=lambda position: live[position].problem["task_id"])]
-    problems.sort(key=lambda positions: -max(size(position) for position in positions))
-    return [position for positions in problems for position in positions]
-
-
 def generate_candidates(engine: Engine, live: Sequence[Search], turn: int, n: int, sampling: SamplingParams,
                         chunk_draws: int, on_chunk: Callable[[int], None] | None = None) -> list[list[str]]:
     """N replies for every live search, `[search][candidate]`, in engine calls of about
-    `chunk_draws` draws, so progress shows within a turn that lasts an hour on CPU.
+    `chunk_draws` draws that hold whole problems (`mucode.engine_calls`).
 
     Candidate j of a search at a turn is sample j of the seed stream
     `<task>/search-<s>/turn-<t>` (`mucode.engines.sampling`): S searches of one problem get
-    different samples whatever the chunking. Calls hold whole problems (for the progress bar),
-    cut from the turn in `longest_problems_first` order.
+    different samples whatever the calls.
     """
-    order = longest_problems_first(live)
-    samples: list[list[str]] = [[] for _ in live]
-    for chunk in problem_chunks([live[position] for position in order], max(1, chunk_draws // n)):
-        streams = [f"{search.problem['task_id']}/search-{search.search_id}/turn-{turn}" for search in chunk]
-        generated = engine.generate([search.conversation for search in chunk], n=n, sampling=sampling,
-                                    streams=streams)
-        _check_generated(generated, len(chunk), n)
-        positions, order = order[:len(chunk)], order[len(chunk):]
-        for position, candidates in zip(positions, generated, strict=True):
-            samples[position] = candidates
-        if on_chunk is not None:
-            on_chunk(len(chunk) * n)
-    return samples
+    requests = [Request(search.conversation, f"{search.problem['task_id']}/search-{search.search_id}/turn-{turn}",
+                        search.problem["task_id"]) for search in live]
+    return generate_in_calls(engine, requests, n, sampling, chunk_draws, on_chunk)
 
 
 def run_search(

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from mucode.engine_calls import Request, generate_in_calls
 from mucode.engines import SamplingParams
 from mucode.environment import Mode, initial_conversation, is_finished
 from mucode.prompts import feedback_text
@@ -71,7 +72,8 @@ def turn_seed(seed: int, turn: int) -> int:
 def generate_turn(engine, searches: Sequence[Search], turn: int, num_rollouts: int,
                   sampling: SamplingParams, chunk_size: int,
                   on_chunk: Callable[[int], None]) -> list[str]:
-    """One answer for each live rollout, in order.
+    """One answer for each live rollout, in order, in engine calls of about `chunk_size`
+    draws (`mucode.engine_calls`).
 
     On turn 1 every rollout of a problem shares the same conversation, so one request with
     n = K samples per problem is sent (the engine shares the prompt); later turns differ.
@@ -82,24 +84,13 @@ def generate_turn(engine, searches: Sequence[Search], turn: int, num_rollouts: i
     seeded = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                             max_new_tokens=sampling.max_new_tokens, seed=turn_seed(sampling.seed, turn))
     if turn == 1:
-        firsts = searches[::num_rollouts]
-        answers: list[str] = []
-        step = max(1, chunk_size // num_rollouts)
-        for start in range(0, len(firsts), step):
-            chunk = firsts[start:start + step]
-            streams = [f"{s.problem['task_id']}/turn-1" for s in chunk]
-            for samples in engine.generate([s.conversation for s in chunk], num_rollouts, seeded, streams=streams):
-                answers.extend(samples)
-            on_chunk(len(chunk) * num_rollouts)
-        return answers
-    answers = []
-    for start in range(0, len(searches), chunk_size):
-        chunk = searches[start:start + chunk_size]
-        streams = [f"{s.problem['task_id']}/rollout-{s.search_id}/turn-{turn}" for s in chunk]
-        answers.extend(samples[0] for samples in engine.generate([s.conversation for s in chunk], 1, seeded,
-                                                                 streams=streams))
-        on_chunk(len(chunk))
-    return answers
+        requests = [Request(s.conversation, f"{s.problem['task_id']}/turn-1", s.problem["task_id"])
+                    for s in searches[::num_rollouts]]
+        replies = generate_in_calls(engine, requests, num_rollouts, seeded, chunk_size, on_chunk)
+        return [answer for samples in replies for answer in samples]
+    streams = [f"{s.problem['task_id']}/rollout-{s.search_id}/turn-{turn}" for s in searches]
+    requests = [Request(s.conversation, stream, stream) for s, stream in zip(searches, streams)]
+    return [samples[0] for samples in generate_in_calls(engine, requests, 1, seeded, chunk_size, on_chunk)]
 
 
 def run_rollouts(problems: pl.DataFrame, engine, sandbox, *, num_rollouts: int, max_turns: int,

@@ -299,56 +299,6 @@ def test_small_chunks_split_generation_by_whole_problems_and_change_no_row(sandb
     assert "turn 1/2" in lines[0] and "tok/s" in lines[0] and "turn 2/2" in lines[-1]
 
 
-@pytest.mark.parametrize(("searches_per_problem", "limit", "expected"), [
-    ([1, 1, 1, 1, 1], 2, [2, 2, 1]),
-    ([3, 3, 1], 4, [3, 4]),
-    ([5, 1], 2, [5, 1]),  # one problem larger than a chunk stays whole
-    ([2, 2], 100, [4]),
-])
-def test_problem_chunks_fill_up_to_the_limit_without_splitting_a_problem(searches_per_problem, limit, expected):
-    from mucode.best_of_n import problem_chunks
-    from mucode.search import Search
-
-    live = [Search({"task_id": f"p{index}"}, search_id, [], random.Random(0))
-            for index, count in enumerate(searches_per_problem) for search_id in range(count)]
-    chunks = problem_chunks(live, limit)
-    assert [len(chunk) for chunk in chunks] == expected
-    assert [search for chunk in chunks for search in chunk] == live
-    owners = [{search.problem["task_id"] for search in chunk} for chunk in chunks]
-    assert all(not (a & b) for a, b in zip(owners, owners[1:]))
-
-
-class EchoEngine(Engine):
-    """Replies name their conversation's task and sample; records each call's prompt sizes."""
-
-    def __init__(self) -> None:
-        self.call_sizes: list[list[int]] = []
-
-    def generate(self, conversations, n, sampling, streams=None):
-        self.call_sizes.append([len(conversation[0]["content"]) for conversation in conversations])
-        return [[f"{conversation[0]['content'].split()[0]}#{j}" for j in range(n)] for conversation in conversations]
-
-    def close(self):
-        pass
-
-
-def test_calls_hold_problems_of_similar_prompt_length_and_samples_return_to_their_search():
-    from mucode.best_of_n import generate_candidates
-    from mucode.search import Search
-
-    # Five problems of prompt sizes 10, 50, 30, 40, 20 (x2 searches): calls of 4 draws at N=2.
-    sizes = [10, 50, 30, 40, 20]
-    live = [Search({"task_id": f"p{index}"}, search_id, [{"role": "user", "content": f"p{index} " + "x" * size}],
-                   random.Random(0))
-            for index, size in enumerate(sizes) for search_id in range(2)]
-    engine = EchoEngine()
-    samples = generate_candidates(engine, live, 1, 2, SamplingParams(max_new_tokens=4), chunk_draws=4)
-    assert samples == [[f"p{index}#0", f"p{index}#1"] for index in range(5) for _ in range(2)]
-    called = [size - 3 for call in engine.call_sizes for size in call]  # the "pN " prefix is 3 characters
-    assert called == [50, 50, 40, 40, 30, 30, 20, 20, 10, 10]  # longest first, a problem's searches together
-    assert [len(call) for call in engine.call_sizes] == [2] * 5
-
-
 def test_pt_submits_the_first_public_pass_and_bon_counts_its_private_failure(sandbox):
     rows = search(sandbox).filter(pl.col("task_id") == "add").sort("search_id", "turn")
     turn1 = rows.filter(pl.col("turn") == 1)
