@@ -18,8 +18,6 @@ import polars as pl
 from mucode.data.programs import distinct_programs
 from mucode.sandbox import Program
 
-LABEL_COLUMNS = {"oracle_passed": pl.Boolean, "oracle_status": pl.String, "exec_wall_s": pl.Float64,
-                 "label_mismatch": pl.Boolean}
 
 
 class ExecuteInputError(ValueError):
@@ -37,17 +35,21 @@ def oracle_programs(rollouts: pl.DataFrame, problems: pl.DataFrame) -> tuple[lis
                              for task_id, code in zip(rollouts["task_id"], rollouts["code"]))
 
 
-def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> pl.DataFrame:
-    """The rollouts with oracle labels; `run_programs(programs) -> verdicts` is a sandbox's run."""
+def label_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, run_programs) -> tuple[pl.DataFrame, list[float]]:
+    """The rollouts with oracle labels, and each distinct program's wall time in the sandbox;
+    `run_programs(programs) -> verdicts` is a sandbox's run.
+
+    The times stay out of the rows: they differ on every run, and rows that differ would give
+    a recomputed artifact a new hash and make every later stage train again."""
     programs, row_program = oracle_programs(rollouts, problems)
     verdicts = run_programs(programs) if programs else []
     passed = [verdicts[i].passed for i in row_program]
     labelled = rollouts.with_columns(
         pl.Series("oracle_passed", passed, dtype=pl.Boolean),
         pl.Series("oracle_status", [verdicts[i].status for i in row_program], dtype=pl.String),
-        pl.Series("exec_wall_s", [verdicts[i].wall_s for i in row_program], dtype=pl.Float64),
     )
-    return labelled.with_columns((pl.col("oracle_passed") != pl.col("private_passed")).alias("label_mismatch"))
+    labelled = labelled.with_columns((pl.col("oracle_passed") != pl.col("private_passed")).alias("label_mismatch"))
+    return labelled, [verdict.wall_s for verdict in verdicts]
 
 
 EXEC_BATCH = 64  # programs per Dask task: enough to amortise one sandbox start
@@ -81,12 +83,13 @@ def execute_stage(cfg, root: str, rollouts, problems):
     store = ArtifactStore(root)
     frame, problem_frame = store.get_frame(rollouts), store.get_frame(problems)
     if cfg.compute.dask_address:
-        labelled = label_rollouts(frame, problem_frame, functools.partial(run_on_cluster, cfg))
+        labelled, walls = label_rollouts(frame, problem_frame, functools.partial(run_on_cluster, cfg))
     else:
         with make_sandbox_from_config(cfg) as sandbox:
-            labelled = label_rollouts(frame, problem_frame, sandbox.run)
+            labelled, walls = label_rollouts(frame, problem_frame, sandbox.run)
     metrics = {"rows": labelled.height, "oracle_pass_rate": float(labelled["oracle_passed"].mean() or 0.0),
-               "label_mismatches": int(labelled["label_mismatch"].sum())}
+               "label_mismatches": int(labelled["label_mismatch"].sum()), "programs": len(walls),
+               "program_wall_s": round(sum(walls), 3), "slowest_program_s": round(max(walls, default=0.0), 3)}
     return store.put_frame(labelled, stage="execute", config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[rollouts.hash, problems.hash], extra={"metrics": metrics})
 

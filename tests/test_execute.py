@@ -28,11 +28,35 @@ def sandbox():
 
 def test_labels_come_from_the_oracle_and_mismatches_are_flagged(sandbox):
     # The second row claims a pass in the rollout loop that the oracle does not confirm.
-    frame = label_rollouts(rollouts([RIGHT, PUBLIC_ONLY, RIGHT], [True, True, True]), PROBLEMS, sandbox.run)
+    frame, walls = label_rollouts(rollouts([RIGHT, PUBLIC_ONLY, RIGHT], [True, True, True]), PROBLEMS, sandbox.run)
     assert frame["oracle_passed"].to_list() == [True, False, True]
     assert frame["label_mismatch"].to_list() == [False, True, False]
     assert frame["oracle_status"].to_list() == ["passed", "failed", "passed"]
-    assert (frame["exec_wall_s"] > 0).all()
+    assert len(walls) == 2 and all(wall > 0 for wall in walls)  # two distinct programs, each timed
+
+
+def test_labelling_again_gives_the_same_rows_so_later_stages_stay_cached(sandbox):
+    # Timings stay out of the rows: a recomputed execute artifact keeps its content hash.
+    frame = rollouts([RIGHT, PUBLIC_ONLY], [True, False])
+    first, first_walls = label_rollouts(frame, PROBLEMS, sandbox.run)
+    second, second_walls = label_rollouts(frame, PROBLEMS, sandbox.run)
+    assert first.equals(second) and first_walls != second_walls
+
+
+def test_an_execute_stage_computed_twice_stores_one_artifact_with_its_timings_in_the_manifest(tmp_path):
+    from mucode.artifacts import ArtifactStore
+    from mucode.config import load_config
+    from mucode.tasks.execute import execute_stage
+
+    cfg = load_config("configs/smoke.yaml", {"sandbox.backend": "local"})
+    store = ArtifactStore(str(tmp_path))
+    rows = store.put_frame(rollouts([RIGHT, PUBLIC_ONLY], [True, False]), stage="rollout")
+    problems = store.put_frame(PROBLEMS, stage="problems")
+    first = execute_stage(cfg, str(tmp_path), rows, problems)
+    second = execute_stage(cfg, str(tmp_path), rows, problems)
+    assert first.hash == second.hash  # what the aggregate's cache key reads
+    metrics = store.manifest(second)["metrics"]
+    assert metrics["programs"] == 2 and metrics["program_wall_s"] > 0
 
 
 def test_identical_code_is_executed_once():
@@ -67,8 +91,8 @@ def test_execute_on_a_dask_cluster_matches_in_process(sandbox):
     with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
         cfg = load_config("configs/smoke.yaml", {"compute.dask_address": cluster.scheduler_address,
                                                  "sandbox.backend": "local"})
-        on_cluster = label_rollouts(frame, PROBLEMS, lambda programs: run_on_cluster(cfg, programs))
-    assert on_cluster.drop("exec_wall_s").equals(label_rollouts(frame, PROBLEMS, sandbox.run).drop("exec_wall_s"))
+        on_cluster, _ = label_rollouts(frame, PROBLEMS, lambda programs: run_on_cluster(cfg, programs))
+    assert on_cluster.equals(label_rollouts(frame, PROBLEMS, sandbox.run)[0])
 
 
 # HumanEval targets that call a helper only their prompt defines.
@@ -107,7 +131,7 @@ def test_humaneval_answers_that_rewrite_only_the_target_can_call_the_prompts_hel
     # The execute stage: oracle labels of rollout rows.
     frame = pl.DataFrame({"task_id": [row["task_id"] for row in rows], "rollout_id": [0] * 4, "turn": [1] * 4,
                           "code": codes, "private_passed": [True] * 4})
-    assert label_rollouts(frame, helper_problems, sandbox.run)["oracle_passed"].to_list() == [True] * 4
+    assert label_rollouts(frame, helper_problems, sandbox.run)[0]["oracle_passed"].to_list() == [True] * 4
     # The dataset check runs the same program text.
     assert failing_solutions(helper_problems.with_columns(pl.Series("solution", codes))) == []
 
