@@ -278,15 +278,20 @@ def untrained_methods(training: Sequence[Mapping[str, Any]], iterations: int) ->
 
 
 def stage_cost_table(timings: Sequence[Mapping[str, Any]]) -> str:
-    """Per stage: how many runs were computed, their wall time and the highest peak RSS (from ROOT/timings.jsonl).
+    """Per stage: how many runs were computed, their wall time (with that of their unfinished
+    earlier attempts, also shown apart) and the highest peak RSS (from ROOT/timings.jsonl).
 
-    Runs recorded before peak RSS was measured count for time only; "n/a" when none has one.
+    A run's time is its finishing attempt's plus its unfinished ones'. Runs recorded before
+    peak RSS was measured count for time only; "n/a" when none has one.
     """
     walls: dict[str, list[float]] = {}
+    unfinished: dict[str, float] = {}
     peaks: dict[str, list[float]] = {}
     for record in timings:
         stage = str(record.get("stage", "?"))
-        walls.setdefault(stage, []).append(float(record.get("wall_s", 0.0)))
+        lost = float(record.get("unfinished_s", 0.0))
+        walls.setdefault(stage, []).append(float(record.get("wall_s", 0.0)) + lost)
+        unfinished[stage] = unfinished.get(stage, 0.0) + lost
         if record.get("peak_rss_gib") is not None:
             peaks.setdefault(stage, []).append(float(record["peak_rss_gib"]))
 
@@ -294,12 +299,14 @@ def stage_cost_table(timings: Sequence[Mapping[str, Any]]) -> str:
         return f"{max(values):.2f}" if values else "n/a"
 
     records = [{"Stage": stage, "Runs computed": str(len(times)), "Wall time (s)": f"{sum(times):.0f}",
-                "Longest run (s)": f"{max(times):.0f}", "Peak RSS (GiB)": peak_cell(peaks.get(stage, []))}
+                "Of which unfinished attempts (s)": f"{unfinished[stage]:.0f}", "Longest run (s)": f"{max(times):.0f}",
+                "Peak RSS (GiB)": peak_cell(peaks.get(stage, []))}
                for stage, times in walls.items()]
     if records:
         total = sum(sum(times) for times in walls.values())
         records.append({"Stage": "**all**", "Runs computed": str(len(timings)), "Wall time (s)": f"**{total:.0f}**",
-                        "Longest run (s)": "", "Peak RSS (GiB)": peak_cell([p for v in peaks.values() for p in v])})
+                        "Of which unfinished attempts (s)": f"{sum(unfinished.values()):.0f}", "Longest run (s)": "",
+                        "Peak RSS (GiB)": peak_cell([p for v in peaks.values() for p in v])})
     return markdown_table(records)
 
 

@@ -8,7 +8,8 @@ its content hash, so the key never depends on the flow run. Results are persiste
 whose artifact is missing or corrupt is recomputed. GPU stages run in a fresh process so
 their GPU memory is released. Stages publish a table of their manifest metrics (progress bars
 are `mucode.progress`); each computed (not cached) stage appends its wall time to
-ROOT/timings.jsonl, with its peak RSS (`mucode.peak_rss`). `run_batches` fans a function out over a Dask cluster.
+ROOT/timings.jsonl, with its peak RSS (`mucode.peak_rss`) and the time of its earlier attempts
+that did not finish (`mucode.attempts`). `run_batches` fans a function out over a Dask cluster.
 
 This module does not define or wire stages (`tasks/`, `flows/`) and does not know what the
 artifacts contain.
@@ -38,6 +39,7 @@ from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
 from mucode.artifacts import Artifact, ArtifactStore
+from mucode.attempts import stage_attempt
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
 from mucode.freed_memory import return_freed_memory
@@ -216,19 +218,23 @@ def _timings_path(root: str) -> Path:
     return Path(root.removeprefix("file://")) / TIMINGS_FILE
 
 
-def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None) -> None:
-    """Append `{stage, run, wall_s, peak_rss_gib, finished}` to ROOT/timings.jsonl (a cache hit never gets here).
+def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None,
+                  unfinished_s: float = 0.0) -> None:
+    """Append `{stage, run, wall_s, unfinished_s, peak_rss_gib, finished}` to ROOT/timings.jsonl
+    (a cache hit never gets here).
 
     Reports read it to show what each stage cost when it was computed, also after a resumed
-    run. peak_rss_gib is the stage's own peak resident memory (None where it could not be
-    measured). Local directories only: object stores cannot append, and the Prefect UI shows
-    every task run's duration anyway.
+    run: `unfinished_s` is the time of the earlier attempts of this stage run that were killed
+    or failed (`mucode.attempts`), whose kept work this one resumed from. peak_rss_gib is the
+    stage's own peak resident memory (None where it could not be measured). Local directories
+    only: object stores cannot append, and the Prefect UI shows every task run's duration anyway.
     """
     if "://" in root and not root.startswith("file://"):
         return
     path = _timings_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3), "peak_rss_gib": gib(peak_bytes),
+    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
+                       "peak_rss_gib": gib(peak_bytes),
                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     with open(path, "a") as timings:  # one short write per line: appends from two runs do not interleave
         timings.write(line + "\n")
@@ -288,11 +294,13 @@ def stage_task(fn: StageFunction, *, name: str, retries: int = 0, retry_delay_se
         arguments = signature.bind(*args, **kwargs).arguments
         cfg, root = arguments["cfg"], arguments["root"]
         started = time.perf_counter()
-        if gpu and cfg.compute.num_gpus > 0:
-            result, peak = run_in_subprocess(measure_peak_rss, staged, args, kwargs)
-        else:
-            result, peak = measure_peak_rss(staged, args, kwargs)
-        record_timing(root, name, run_name(arguments), time.perf_counter() - started, peak)
+        with stage_attempt(root, f"{name}/{run_name(arguments)}") as attempt:
+            if gpu and cfg.compute.num_gpus > 0:
+                result, peak = run_in_subprocess(measure_peak_rss, staged, args, kwargs)
+            else:
+                result, peak = measure_peak_rss(staged, args, kwargs)
+        record_timing(root, name, run_name(arguments), time.perf_counter() - started, peak,
+                      unfinished_s=attempt.unfinished_s if attempt is not None else 0.0)
         publish_stage_table(run_name(arguments), cfg, root, result)
         return result
 

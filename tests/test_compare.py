@@ -98,15 +98,18 @@ def test_paper_config_is_planned_up_to_the_gpu():
 
 def test_timings_are_appended_and_a_torn_line_is_skipped(tmp_path):
     record_timing(str(tmp_path), "rollout", "rollout-1", 12.5)
-    record_timing(str(tmp_path), "finetune", "finetune", 30.25, peak_bytes=3 * 2**30 + 2**28)
+    record_timing(str(tmp_path), "finetune", "finetune", 30.25, peak_bytes=3 * 2**30 + 2**28, unfinished_s=20.0)
     with open(tmp_path / TIMINGS_FILE, "a") as timings:
         timings.write('{"stage": "verif')  # a crash mid-write
     records = read_timings(str(tmp_path))
-    assert [(r["stage"], r["wall_s"], r["peak_rss_gib"]) for r in records] == [("rollout", 12.5, None),
-                                                                                ("finetune", 30.25, 3.25)]
+    assert [(r["stage"], r["wall_s"], r["unfinished_s"], r["peak_rss_gib"]) for r in records] == [
+        ("rollout", 12.5, 0.0, None), ("finetune", 30.25, 20.0, 3.25)]
     table = stage_cost_table(records)
-    assert "| rollout | 1 | 12 | 12 | n/a |" in table and "| finetune | 1 | 30 | 30 | 3.25 |" in table
-    assert "**43**" in table and table.rstrip().endswith("| 3.25 |")
+    # A run's time includes its unfinished earlier attempts, also shown apart.
+    assert "| rollout | 1 | 12 | 0 | 12 | n/a |" in table and "| finetune | 1 | 50 | 20 | 50 | 3.25 |" in table
+    assert "**63**" in table and table.rstrip().endswith("| 20 |  | 3.25 |")
+    # Records written before unfinished attempts were kept count their own time only.
+    assert "| rollout | 1 | 12 | 0 | 12 | n/a |" in stage_cost_table([{"stage": "rollout", "wall_s": 12.0}])
 
 
 def test_iteration_record_without_generator_round_trips():

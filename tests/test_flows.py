@@ -20,7 +20,8 @@ import pytest
 from prefect import flow
 
 from mucode.artifacts import Artifact, ArtifactStore
-from mucode.orchestration import experiment_root, stage_task
+from mucode.attempts import HEARTBEAT_S
+from mucode.orchestration import experiment_root, read_timings, stage_task
 from prefect_support import (PYTHON, REPO, SMOKE, api, calls, last_json_line, log_call, make_config, python_command,
                              run_python, smoke_overrides, task_run_states)
 
@@ -215,8 +216,6 @@ def test_smoke_train_rerun_is_all_cache_hits(prefect_harness, tmp_path):
     assert {"problems", "rollout", "execute", "aggregate", "verifier", "relabel", "finetune", "evaluate",
             "report"} <= stages
     assert set(states.values()) == {"Cached"}
-    from mucode.orchestration import read_timings
-
     timings = read_timings(str(tmp_path / "smoke"))  # the first run's computed stages only
     assert {"rollout", "verifier", "finetune", "evaluate"} <= {record["stage"] for record in timings}
     assert all(record["peak_rss_gib"] > 0 for record in timings)
@@ -243,6 +242,7 @@ def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_
     process = subprocess.Popen(python_command(code), env=prefect_server, cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     killed_id = _wait_for_running_task(prefect_server, process, "finetune", since, timeout=1800)
+    time.sleep(2 * HEARTBEAT_S)  # the killed attempt's time is kept to its last heartbeat
     print(f"smoke iteration reached finetune after {time.perf_counter() - started:.1f} s: killing it")
     os.killpg(process.pid, signal.SIGKILL)  # the flow process and any stage subprocess it started
     process.wait(timeout=30)
@@ -259,6 +259,9 @@ def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_
     assert outcome["state"] == "Completed"
     assert states == {"problems-mbpp": "Cached", "rollout-1": "Cached", "execute": "Cached", "aggregate-1": "Cached",
                       "verifier": "Cached", "relabel": "Cached", "finetune": "Completed"}
+    # The finetune's cost counts the killed attempt too (mucode.attempts).
+    finetune = [record for record in read_timings(str(tmp_path / "smoke")) if record["stage"] == "finetune"]
+    assert len(finetune) == 1 and finetune[0]["unfinished_s"] >= HEARTBEAT_S
 
 
 def _wait_for_running_task(env: dict[str, str], process: subprocess.Popen, task_name: str, since: str,

@@ -93,7 +93,7 @@ def test_stage_rerun_from_the_ui_form_completes_with_a_summary(stage_deployed, b
         overrides.locator("textarea").last.fill(value)
     refresh = form_field(page, "recompute even when the result is cached").get_by_role("switch")
     refresh.click()
-    assert refresh.get_attribute("aria-checked") == "true"
+    expect(refresh).to_have_attribute("aria-checked", "true")  # waits: the switch re-renders after the click
     shots = Path(os.environ.get("MUCODE_UI_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "mucode-stage-form.png"), full_page=True)
