@@ -88,6 +88,13 @@ def frame_to_parquet_bytes(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def local_directory(root: str) -> Path | None:
+    """The directory of an experiment root given as a path or file:// URL; None for an object store."""
+    if "://" in root and not root.startswith("file://"):
+        return None
+    return Path(root.removeprefix("file://"))
+
+
 def write_atomically(url: str | os.PathLike, data: bytes, filesystem: fsspec.AbstractFileSystem | None = None) -> None:
     """Write `data` to `url` so that readers see the old file or the new one, never half of one.
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mucode.artifacts import write_atomically
+from mucode.artifacts import local_directory, write_atomically
 
 ATTEMPTS_DIR = "attempts"
 HEARTBEAT_S = 5.0  # one small atomic write per interval
@@ -86,10 +86,11 @@ def _heartbeat(attempt: Attempt, stop: threading.Event) -> None:
 def stage_attempt(root: str, stage_run: str) -> Iterator[Attempt | None]:
     """Keep this attempt's heartbeat while the block runs; on success, fill in `unfinished_s`
     with the earlier unfinished attempts of `stage_run` (None for a remote `root`)."""
-    if "://" in root and not root.startswith("file://"):
+    directory = local_directory(root)
+    if directory is None:
         yield None
         return
-    folder = Path(root.removeprefix("file://")) / ATTEMPTS_DIR
+    folder = directory / ATTEMPTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in stage_run)

@@ -38,7 +38,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
-from mucode.artifacts import Artifact, ArtifactStore
+from mucode.artifacts import Artifact, ArtifactStore, local_directory
 from mucode.attempts import stage_attempt
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
@@ -214,8 +214,9 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
-def _timings_path(root: str) -> Path:
-    return Path(root.removeprefix("file://")) / TIMINGS_FILE
+def _timings_path(root: str) -> Path | None:
+    directory = local_directory(root)
+    return directory / TIMINGS_FILE if directory is not None else None
 
 
 def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None,
@@ -229,9 +230,9 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
     stage's own peak resident memory (None where it could not be measured). Local directories
     only: object stores cannot append, and the Prefect UI shows every task run's duration anyway.
     """
-    if "://" in root and not root.startswith("file://"):
-        return
     path = _timings_path(root)
+    if path is None:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
                        "peak_rss_gib": gib(peak_bytes),
@@ -254,8 +255,9 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def read_timings(root: str) -> list[dict[str, Any]]:
-    """Every line of ROOT/timings.jsonl (empty when none)."""
-    return read_json_lines(_timings_path(root))
+    """Every line of ROOT/timings.jsonl (empty when none, or for an object store)."""
+    path = _timings_path(root)
+    return read_json_lines(path) if path is not None else []
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:
