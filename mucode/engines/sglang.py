@@ -13,7 +13,7 @@ server runs with ``--enable-deterministic-inference`` (FlashInfer/FA3/Triton att
 
 Not tested here: SGLang itself (it needs a GPU). The command is tested by parsing it; the
 client, the process handling, retries and timeouts run for real against a CPU server
-(llama.cpp's) in tests/test_server_engine.py.
+(`transformers serve` on the bundled model) in tests/test_server_engine.py.
 """
 
 from __future__ import annotations
