@@ -99,15 +99,15 @@ def stage_attempt(root: str, stage_run: str) -> Iterator[Attempt | None]:
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(attempt, stop), daemon=True, name=f"heartbeat {stage_run}")
     beating.start()
+    finished = False
     try:
         yield attempt
-    except BaseException:
+        finished = True
+    finally:
         stop.set()
         beating.join()
-        with contextlib.suppress(OSError):
-            attempt.beat(ended=True)
-        raise
-    stop.set()
-    beating.join()
+        if not finished:  # it raised: the next attempt to finish counts it
+            with contextlib.suppress(OSError):
+                attempt.beat(ended=True)
     attempt.unfinished_s = collect_unfinished(folder, stage_run, keep=attempt.path)
     attempt.path.unlink(missing_ok=True)
