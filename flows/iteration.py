@@ -10,7 +10,6 @@ reuse it. Wiring only: the stages live in tasks/, caching and retries in mucode.
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -115,7 +114,8 @@ def nightly_report(cfg: Config, root: str, record: IterationRecord, previous: It
     entry = nightly_entry(cfg.name, record.iteration, cfg.evaluation.turns, evaluations, auc, examples, walls)
     markdown = nightly_markdown(entry)
     append_history(root, entry)
-    plot_history(read_history(root), Path(root) / PLOT_FILE)
+    plot_history(read_history(root), store.local_folder(PLOT_FILE))
+    store.publish(PLOT_FILE)
     create_markdown_artifact(markdown, key=artifact_key(cfg.name, "nightly"),
                              description=f"iteration {record.iteration} of {cfg.name} vs the previous one and the base model")
     return markdown

@@ -12,7 +12,6 @@ through the same interface. This module knows nothing about what the frames cont
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import io
@@ -120,6 +119,39 @@ def write_atomically(url: str | os.PathLike, data: bytes, filesystem: fsspec.Abs
         filesystem.mv(temporary, path)
 
 
+def append_json_line(url: str | os.PathLike, record: dict) -> None:
+    """Add `record` as the last line of the JSONL file at `url` (created when missing).
+
+    Locally one short O_APPEND write, so appends from two processes never interleave. Object
+    stores cannot append: the (small) file is read and rewritten whole, so two writers at the
+    same moment can lose one line there.
+    """
+    line = json.dumps(record) + "\n"
+    filesystem, path = fsspec.core.url_to_fs(str(url))
+    if isinstance(filesystem, LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write(line)
+        return
+    earlier = filesystem.cat_file(path) if filesystem.exists(path) else b""
+    write_atomically(path, earlier + line.encode(), filesystem)
+
+
+def read_json_lines(url: str | os.PathLike) -> list[dict]:
+    """Every record of an append-only JSONL file, oldest first (empty when there is none);
+    a line cut short by a crash is skipped."""
+    filesystem, path = fsspec.core.url_to_fs(str(url))
+    if not filesystem.isfile(path):
+        return []
+    records = []
+    for line in filesystem.cat_file(path).decode().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 class ArtifactStore:
     """Artifacts of one run directory (local path or fsspec URL)."""
 
@@ -209,13 +241,25 @@ class ArtifactStore:
         else:
             self.fs.mv(temporary, path, recursive=True)
 
-    @contextlib.contextmanager
-    def scratch_dir(self, stage: str):
-        """A local temporary directory for building a directory artifact, removed afterwards."""
-        parent = Path(self.base) / "scratch" if self.is_local else Path(tempfile.gettempdir()) / "mucode-scratch"
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"{stage}-", dir=parent) as directory:
-            yield directory
+    def local_folder(self, *parts: str) -> Path:
+        """A local folder for files that are not artifacts (checkpoints, kept engine replies,
+        reports): ROOT/parts for a local store; for a remote one, a folder of this store's own
+        in local temp (`publish` copies it to the store)."""
+        base = (Path(self.base) if self.is_local
+                else Path(tempfile.gettempdir()) / "mucode-local" / sha256_hex(self.root)[:16])
+        return base.joinpath(*parts)
+
+    def publish(self, *parts: str) -> str:
+        """Copy the file or folder `local_folder(*parts)` to ROOT/parts of a remote store, each file
+        atomically; a local store already holds it. Returns its path or URL in the store."""
+        target = self._join(*parts)
+        if not self.is_local:
+            source = self.local_folder(*parts)
+            files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+            for file in files:
+                relative = file.relative_to(source).parts if file != source else ()
+                write_atomically("/".join([target, *relative]), file.read_bytes(), self.fs)
+        return self._url(target)
 
     # -- reading -------------------------------------------------------------------------
     def _frame_matches(self, path: str, digest: str) -> bool:

@@ -10,7 +10,8 @@ finishes, it takes the seconds of every such unfinished attempt (`alive - starte
 at most one heartbeat for a kill) and removes their files; `mucode.orchestration` records
 them in ROOT/timings.jsonl as `unfinished_s`.
 
-Local directories only, like the timings file. This module does not run or resume stages.
+Local directories only (a write every few seconds is no job for an object store; there
+`unfinished_s` is 0). This module does not run or resume stages.
 """
 
 from __future__ import annotations

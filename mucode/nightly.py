@@ -11,10 +11,11 @@ Prefect server; every number comes from the artifacts' manifests and ROOT/timing
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from mucode.artifacts import append_json_line, read_json_lines
 
 HISTORY_FILE = "nightly.jsonl"
 PLOT_FILE = "nightly.png"
@@ -75,19 +76,18 @@ def nightly_markdown(entry: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def append_history(root: str, entry: dict[str, Any]) -> Path:
-    path = Path(root.removeprefix("file://")) / HISTORY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as history:
-        history.write(json.dumps(entry) + "\n")
-    return path
+def history_url(root: str) -> str:
+    return f"{root.rstrip('/')}/{HISTORY_FILE}"
+
+
+def append_history(root: str, entry: dict[str, Any]) -> None:
+    """Add this iteration's entry to ROOT/nightly.jsonl (a local directory or an object store)."""
+    append_json_line(history_url(root), entry)
 
 
 def read_history(root: str) -> list[dict[str, Any]]:
     """Every entry of ROOT/nightly.jsonl, oldest first (lines cut short by a crash are skipped)."""
-    from mucode.orchestration import read_json_lines  # Prefect is imported only where history is read
-
-    return read_json_lines(Path(root.removeprefix("file://")) / HISTORY_FILE)
+    return read_json_lines(history_url(root))
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, this_label: str = "this") -> Path:

@@ -21,7 +21,6 @@ import concurrent.futures
 import datetime as dt
 import functools
 import inspect
-import json
 import multiprocessing
 import re
 import time
@@ -38,7 +37,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
-from mucode.artifacts import Artifact, ArtifactStore, local_directory
+from mucode.artifacts import Artifact, ArtifactStore, append_json_line, read_json_lines
 from mucode.attempts import stage_attempt
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
@@ -214,11 +213,6 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
-def _timings_path(root: str) -> Path | None:
-    directory = local_directory(root)
-    return directory / TIMINGS_FILE if directory is not None else None
-
-
 def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None,
                   unfinished_s: float = 0.0) -> None:
     """Append `{stage, run, wall_s, unfinished_s, peak_rss_gib, finished}` to ROOT/timings.jsonl
@@ -227,37 +221,17 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
     Reports read it to show what each stage cost when it was computed, also after a resumed
     run: `unfinished_s` is the time of the earlier attempts of this stage run that were killed
     or failed (`mucode.attempts`), whose kept work this one resumed from. peak_rss_gib is the
-    stage's own peak resident memory (None where it could not be measured). Local directories
-    only: object stores cannot append, and the Prefect UI shows every task run's duration anyway.
+    stage's own peak resident memory (None where it could not be measured).
     """
-    path = _timings_path(root)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
-                       "peak_rss_gib": gib(peak_bytes),
-                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    with open(path, "a") as timings:  # one short write per line: appends from two runs do not interleave
-        timings.write(line + "\n")
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """Every record of an append-only JSONL file, oldest first (empty when none); lines cut short by a crash are skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    append_json_line(f"{root.rstrip('/')}/{TIMINGS_FILE}",
+                     {"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
+                      "peak_rss_gib": gib(peak_bytes),
+                      "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
 
 def read_timings(root: str) -> list[dict[str, Any]]:
-    """Every line of ROOT/timings.jsonl (empty when none, or for an object store)."""
-    path = _timings_path(root)
-    return read_json_lines(path) if path is not None else []
+    """Every line of ROOT/timings.jsonl (empty when none)."""
+    return read_json_lines(f"{root.rstrip('/')}/{TIMINGS_FILE}")
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:

@@ -6,8 +6,6 @@ so the rollout and evaluation stages start them the same way. Nothing is started
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mucode.artifacts import Artifact, ArtifactStore
@@ -44,13 +42,6 @@ def make_engine_from_config(cfg: Config, model: str | ResolvedModel):
 GENERATIONS_DIR = "generations"  # under the experiment directory: engine replies kept by call
 
 
-def local_folder(store: ArtifactStore, *parts: str) -> Path:
-    """A folder for files that are not artifacts: under the experiment directory, or in local
-    temp for a remote store."""
-    base = Path(store.base) if store.is_local else Path(tempfile.gettempdir()) / "mucode-checkpoints"
-    return base.joinpath(*parts)
-
-
 def generator_key(generator: Artifact | None, model: ResolvedModel) -> Any:
     """What decides a generator's replies: its artifact hash, or for the base model (named, not
     stored) the fingerprint of its files, so a replaced model at the same path is another key."""
@@ -68,7 +59,7 @@ def memoized_engine(cfg: Config, store: ArtifactStore, model: ResolvedModel, key
     from mucode.hashing import json_digest
 
     identity = json_digest([cfg.section_digest("model", "engine"), key, stage_code("mucode.engines").digest])
-    return MemoizedEngine(make_engine_from_config(cfg, model), local_folder(store, GENERATIONS_DIR), identity)
+    return MemoizedEngine(make_engine_from_config(cfg, model), store.local_folder(GENERATIONS_DIR), identity)
 
 
 def make_sandbox_from_config(cfg: Config):

@@ -289,10 +289,9 @@ def resumable_out_dir(store: ArtifactStore, stage: Stage, config_hash: str, inpu
     and any change starts afresh. Kept when the block fails (to resume), removed when it ends."""
     from mucode.code_digest import stage_code
     from mucode.hashing import json_digest
-    from mucode.stage_resources import local_folder
 
     key = json_digest([config_hash, list(inputs), stage_code(f"mucode.tasks.{stage}").digest])[:16]
-    folder = local_folder(store, TRAINING_DIR, f"{stage}-{key}")
+    folder = store.local_folder(TRAINING_DIR, f"{stage}-{key}")
     folder.mkdir(parents=True, exist_ok=True)
     yield str(folder)
     shutil.rmtree(folder, ignore_errors=True)

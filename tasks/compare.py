@@ -11,8 +11,6 @@ Inside a flow run compare.md is also published as a Prefect artifact. It runs no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mucode.orchestration import artifact_key, read_timings, stage_task
 from mucode.tasks.report import REPORT_DIR
 
@@ -73,7 +71,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     from mucode.report import plot_turn_curves, write_report
 
     store = ArtifactStore(root)
-    out = Path(store.base) / REPORT_DIR
+    out = store.local_folder(REPORT_DIR)
     summaries = read_evaluations(store, evaluations)
     write_report(summaries, out, source=root)
     rows = {summary.label: store.get_frame(evaluation) for summary, evaluation in zip(summaries, evaluations)}
@@ -101,7 +99,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     write_atomically(path, markdown.encode())
     publish_report_artifacts(out, summaries)
     publish_markdown(markdown, out, key=artifact_key(cfg.name, "compare"), description="µCode against its baselines")
-    return str(path)
+    return f"{store.publish(REPORT_DIR)}/{COMPARE_FILE}"
 
 
 # The phases' wall times are an input, so every flow run rewrites the report (it is cheap).

@@ -38,7 +38,6 @@ from mucode.eval_checkpoint import (
 )
 from mucode.eval_summary import summarize
 from mucode.selection import EvaluationError, check_selection
-from mucode.stage_resources import local_folder
 
 
 def scaling_plan(n: int, scaling_ns: Sequence[int]) -> list[int]:
@@ -76,7 +75,7 @@ CHECKPOINT_DIR = "checkpoints"  # under the experiment directory: the turn check
 def checkpoint_folder(store, stage: str, dataset: str) -> Path:
     """Where the turn checkpoints of one evaluation stage on one dataset live (a method is
     evaluated on every eval dataset under one stage name)."""
-    return local_folder(store, CHECKPOINT_DIR, stage, dataset)
+    return store.local_folder(CHECKPOINT_DIR, stage, dataset)
 
 
 def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str, n: int, label: str):

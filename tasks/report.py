@@ -8,8 +8,6 @@ Prefect artifacts. It runs no model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mucode.orchestration import stage_task
 
 REPORT_DIR = "report"
@@ -23,11 +21,11 @@ def report_stage(cfg, root: str, evaluations) -> str:
     from mucode.report import write_report
 
     store = ArtifactStore(root)
-    out = Path(store.base) / REPORT_DIR
+    out = store.local_folder(REPORT_DIR)
     summaries = read_evaluations(store, evaluations)
     report = write_report(summaries, out, source=root)
     publish_report_artifacts(out, summaries)
-    return str(report)
+    return f"{store.publish(REPORT_DIR)}/{report.name}"
 
 
 report_task = stage_task(report_stage, name="report", sections=())

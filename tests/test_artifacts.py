@@ -4,7 +4,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mucode.artifacts import ArtifactError, ArtifactStore, CorruptArtifactError
+from mucode.artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, append_json_line, read_json_lines
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -83,3 +83,31 @@ def test_list_returns_manifests_by_stage(tmp_path):
     store.put_frame(pl.DataFrame({"x": [2]}), stage="b")
     assert [m["stage"] for m in store.list("a")] == ["a"]
     assert len(store.list()) == 2
+
+
+def test_json_lines_append_in_order_and_skip_a_line_cut_short(store):
+    url = f"{store.root}/timings.jsonl"
+    assert read_json_lines(url) == []
+    append_json_line(url, {"stage": "rollout", "wall_s": 1.5})
+    append_json_line(url, {"stage": "execute", "wall_s": 2.0})
+    path = f"{store.base}/timings.jsonl"
+    store.fs.pipe_file(path, store.fs.cat_file(path) + b'{"stage": "fine')  # a crash mid-line
+    assert read_json_lines(url) == [{"stage": "rollout", "wall_s": 1.5}, {"stage": "execute", "wall_s": 2.0}]
+
+
+def test_a_local_folder_is_published_to_the_store(store):
+    report = store.local_folder("report")
+    (report / "plots").mkdir(parents=True, exist_ok=True)
+    (report / "report.md").write_text("# Table 1\n")
+    (report / "plots" / "curves.png").write_bytes(b"png")
+    target = store.publish("report")
+    assert target.endswith("report")
+    assert store.fs.cat_file(f"{store.base}/report/report.md") == b"# Table 1\n"
+    assert store.fs.cat_file(f"{store.base}/report/plots/curves.png") == b"png"
+    store.local_folder("nightly.png").write_bytes(b"plot")  # a single file
+    store.publish("nightly.png")
+    assert store.fs.cat_file(f"{store.base}/nightly.png") == b"plot"
+    # A remote store's local folder is its own: two experiments never share one.
+    assert (store.local_folder() == Path(store.base)) == store.is_local
+    if not store.is_local:
+        assert ArtifactStore(store.root + "-other").local_folder() != store.local_folder()

@@ -155,6 +155,24 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
     assert (path.parent / "report.md").is_file()
 
 
+def test_the_report_of_a_run_in_an_object_store_is_written_into_the_store(tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)  # where a report written to the store's bare path would land
+    cfg = load_config(CPU_CONFIG, {"run_dir": f"memory://{tmp_path.name}"})
+    root = f"memory://{tmp_path.name}/{cfg.name}"
+    store = ArtifactStore(root)
+    base = _store_evaluation(store, "base", "mbpp", 1, "random", {f"p{i}": (1 if i < 3 else None) for i in range(6)})
+    record_timing(root, "rollout", "rollout-1", 61.0)
+    url = compare_stage(cfg, root, [base], phases={})
+    filesystem, path = fsspec.core.url_to_fs(url)
+    assert url.startswith("memory://") and path.endswith(f"/report/{COMPARE_FILE}")
+    text = filesystem.cat_file(path).decode()
+    assert "| Multi-turn Instruct (base) | 1 |" in text and "| rollout | 1 | 61 |" in text
+    assert filesystem.isfile(path.replace(COMPARE_FILE, ARM_CURVES_FILE))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_run_in_progress_gets_a_report_of_its_first_rows(tmp_path):
     """The flow rewrites the report after each evaluation: the first is the base model's N=1 row alone."""
     cfg = load_config(CPU_CONFIG, {"run_dir": str(tmp_path)})

@@ -33,3 +33,10 @@ def test_entry_markdown_history_and_plot(tmp_path):
     assert [entry["iteration"] for entry in history] == [1, 2]
     plot = plot_history(history, tmp_path / "smoke" / "nightly.png")
     assert plot.stat().st_size > 5000
+
+
+def test_history_is_kept_in_an_object_store_too():
+    root = "memory://nightly-history"
+    for iteration in (1, 2):
+        append_history(root, {"iteration": iteration})
+    assert [entry["iteration"] for entry in read_history(root)] == [1, 2]

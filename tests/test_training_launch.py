@@ -330,16 +330,16 @@ def test_an_odd_number_of_pairs_does_not_hang_the_ranks(tiny_model, tmp_path, mo
     assert ranks["train_pairs"] == 3 and [e["step"] for e in ranks["loss_log"]] == [1, 2]
 
 
-# The stage as the flow runs it (scratch dir, then an atomic put_dir), on CPU ranks.
+# The stage as the flow runs it (its resumable out_dir, then an atomic put_dir), on CPU ranks.
 KILL_DRIVER = """
 import sys
 import polars as pl
 from mucode.artifacts import ArtifactStore
 from mucode.config import ComputeConfig, FinetuneConfig
-from mucode.training import TrainingLaunchError, launch_options, run_training
+from mucode.training import TrainingLaunchError, launch_options, resumable_out_dir, run_training
 cfg, store = FinetuneConfig.model_validate_json(sys.argv[1]), ArtifactStore(sys.argv[2])
 try:
-    with store.scratch_dir("finetune") as out_dir:
+    with resumable_out_dir(store, "finetune", "kill-test", []) as out_dir:
         options = launch_options("finetune", cfg, ComputeConfig(), sys.argv[4], out_dir, 0)
         metrics = run_training("finetune", ComputeConfig(), None, {"sft": pl.read_parquet(sys.argv[3])}, options,
                                cpu_processes=2)
@@ -393,6 +393,6 @@ def test_a_killed_rank_fails_the_stage_in_one_line_and_leaves_no_artifact(tiny_m
     assert stderr.strip().splitlines()[-1] == ("error: accelerate launch of the finetune stage exited with code 1: "
                                                "see its output above")
     assert processes_with_env(marker) == []  # no rank left behind
-    # Nothing half-written: no finetune artifact or manifest, and the scratch directory is gone.
+    # Nothing half-written: no finetune artifact or manifest; the out_dir is kept for a resume.
     assert list((tmp_path / "store" / "artifacts").iterdir()) == []
-    assert list((tmp_path / "store" / "scratch").iterdir()) == []
+    assert [folder.name[:9] for folder in (tmp_path / "store" / "training").iterdir()] == ["finetune-"]
