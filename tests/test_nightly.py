@@ -35,8 +35,17 @@ def test_entry_markdown_history_and_plot(tmp_path):
     assert plot.stat().st_size > 5000
 
 
-def test_history_is_kept_in_an_object_store_too():
-    root = "memory://nightly-history"
+def test_history_and_plot_are_kept_in_an_object_store_too():
+    from mucode.artifacts import ArtifactStore
+    from mucode.nightly import PLOT_FILE
+
+    root = "memory://nightly-history/smoke"
     for iteration in (1, 2):
-        append_history(root, {"iteration": iteration})
-    assert [entry["iteration"] for entry in read_history(root)] == [1, 2]
+        evaluations = {"mbpp": {"this": _metrics(0.2, 0.3, 10), "base": _metrics(0.1, 0.1, 10)}}
+        append_history(root, nightly_entry("smoke", iteration, 2, evaluations, {}, {}, {}))
+    history = read_history(root)
+    assert [entry["iteration"] for entry in history] == [1, 2]
+    store = ArtifactStore(root)
+    plot_history(history, store.local_folder(PLOT_FILE))
+    store.publish(PLOT_FILE)
+    assert len(store.fs.cat_file(f"{store.base}/{PLOT_FILE}")) > 5000
