@@ -139,7 +139,8 @@ def test_every_mbpp_and_humaneval_solution_passes_its_public_and_private_tests(
 ) -> None:
     everything = pl.concat([*mbpp_splits.values(), humaneval])
     assert everything.height == 974 + 164
-    assert failing_solutions(everything, ("public_tests", "private_tests")) == []
+    # mbpp/123 runs ~5 s alone; a machine busy with other work can stretch it past 30 s.
+    assert failing_solutions(everything, ("public_tests", "private_tests"), timeout_s=120.0) == []
 
 
 def test_a_solution_that_only_knows_test_list_fails_the_challenge_tests(
