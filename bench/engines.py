@@ -3,7 +3,10 @@
 Every measurement runs in its own process (so one engine's memory and threads never touch
 another's), and the rounds interleave the engines (hf, ct2 int8, ct2 int8_float32, hf, ...),
 so a change in the machine's load hits all of them alike. ``--wait-policies`` adds a copy of
-each engine per OpenMP wait policy (each process gets its own ``OMP_WAIT_POLICY``). Per round
+each engine per OpenMP wait policy (each process gets its own ``OMP_WAIT_POLICY``), and
+``--allocators`` one per memory allocator (``jemalloc``: the process runs with Debian's
+libjemalloc2 preloaded and never returning freed memory to the kernel). ``--prompt-copies K``
+sends each user message K times in one turn, a long context like a later turn's. Per round
 and engine:
 
   speed   greedy decoding of chat-templated HumanEval prompts (the project's first user
@@ -44,13 +47,22 @@ from mucode.engines import SamplingParams, make_engine
 SPEED_TOKENS = 256
 
 
-def humaneval_conversations(limit: int) -> list[list[dict[str, str]]]:
-    """The first user message the evaluation sends for the first ``limit`` HumanEval problems."""
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # apt install libjemalloc2
+# Keep freed memory for reuse: CTranslate2 reallocates every layer's KV cache at each step.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"
+
+
+def humaneval_conversations(limit: int, copies: int = 1) -> list[list[dict[str, str]]]:
+    """The first user message the evaluation sends for the first ``limit`` HumanEval problems
+    (its text ``copies`` times over, for a context as long as a later turn's)."""
     from mucode.data import load_problems
     from mucode.environment import initial_conversation
 
     problems = load_problems("humaneval", "test", limit=limit)
-    return [initial_conversation(row["prompt"], row["public_tests"], "humaneval") for row in problems.iter_rows(named=True)]
+    conversations = [initial_conversation(row["prompt"], row["public_tests"], "humaneval")
+                     for row in problems.iter_rows(named=True)]
+    return [[{**message, "content": "\n\n".join([message["content"]] * copies)} for message in conversation]
+            for conversation in conversations]
 
 
 def peak_rss_gb() -> float:
@@ -76,7 +88,8 @@ def measure_speed(spec: dict) -> dict:
     sampling = SamplingParams(temperature=0.0, max_new_tokens=SPEED_TOKENS)
     rates, threads = {}, {}
     with open_engine(spec, batch_size=8) as engine:
-        prompts = engine.prompt_token_ids(humaneval_conversations(max(8, spec["batch1_prompts"])))
+        prompts = engine.prompt_token_ids(humaneval_conversations(max(8, spec["batch1_prompts"]),
+                                                                  spec["prompt_copies"]))
         decode_batch(engine, [prompts[0]], SamplingParams(temperature=0.0, max_new_tokens=8))  # warm up
         for batch_size in spec["batch_sizes"]:
             count = spec["batch1_prompts"] if batch_size == 1 else batch_size
@@ -129,6 +142,10 @@ def run_child(spec: dict) -> dict:
         env.pop("OMP_WAIT_POLICY", None)
     elif policy != "inherit":
         env["OMP_WAIT_POLICY"] = policy
+    if spec.get("allocator") == "jemalloc":
+        if not os.path.isfile(JEMALLOC):
+            raise SystemExit(f"{JEMALLOC} is missing: apt-get install libjemalloc2, or drop --allocators jemalloc")
+        env["LD_PRELOAD"], env["MALLOC_CONF"] = JEMALLOC, JEMALLOC_CONF
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
@@ -137,9 +154,9 @@ def run_child(spec: dict) -> dict:
 
 
 def label(spec: dict) -> str:
-    policy = spec.get("wait_policy", "inherit")
+    policy, allocator = spec.get("wait_policy", "inherit"), spec.get("allocator", "inherit")
     name = "hf float32" if spec["engine"] == "hf" else f"ct2 {spec['compute_type']}"
-    return name + ("" if policy == "inherit" else f" omp={policy}")
+    return name + ("" if policy == "inherit" else f" omp={policy}") + ("" if allocator == "inherit" else f" {allocator}")
 
 
 def main() -> None:
@@ -157,7 +174,11 @@ def main() -> None:
     parser.add_argument("--wait-policies", nargs="+", default=["inherit"],
                         help="speed: OMP_WAIT_POLICY of each engine's processes (inherit, unset, PASSIVE, "
                              "ACTIVE); torch and CTranslate2 each load their own OpenMP runtime, which reads "
-                             "it at import. Ratios are to hf float32 with the inherited policy")
+                             "it at import. Ratios are to hf float32 with the first policy and allocator")
+    parser.add_argument("--allocators", nargs="+", choices=["inherit", "jemalloc"], default=["inherit"],
+                        help="speed: the memory allocator of each engine's processes")
+    parser.add_argument("--prompt-copies", type=int, default=1,
+                        help="speed: each prompt's text this many times over (a later turn's long context)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -171,10 +192,12 @@ def main() -> None:
 
     model = resolve_model(args.model)  # convert once here, not inside a timed child
     base = {"model": model, "batch_sizes": args.batch_sizes, "batch1_prompts": args.batch1_prompts,
-            "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens, "samples": args.samples}
-    engines = [{"engine": "hf", "wait_policy": policy} for policy in args.wait_policies] + [
-        {"engine": "ct2", "compute_type": kind, "wait_policy": policy}
-        for kind in args.compute_types for policy in args.wait_policies]
+            "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens, "samples": args.samples,
+            "prompt_copies": args.prompt_copies}
+    variants = [{"wait_policy": policy, "allocator": allocator}
+                for policy in args.wait_policies for allocator in args.allocators]
+    engines = [{"engine": "hf", **variant} for variant in variants] + [
+        {"engine": "ct2", "compute_type": kind, **variant} for kind in args.compute_types for variant in variants]
     print(f"{args.model}: greedy, {SPEED_TOKENS} new tokens, chat-templated HumanEval prompts; "
           f"{args.rounds} interleaved rounds, one process per engine and round; "
           f"load average {os.getloadavg()[0]:.1f} at start (the machine may be shared)", flush=True)
@@ -204,8 +227,9 @@ def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> 
                               for size, rate in result["tokens_per_s"].items())
             print(f"round {round_number}  {label(spec):<24} {shown}  peak RSS {result['peak_rss_gb']:.2f} GB "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"\nmedian tokens/s over {args.rounds} rounds, ratio to hf float32 generate:")
-    baseline = rates["hf float32"]
+    reference = next(iter(rates))  # hf float32 with the first wait policy and allocator
+    print(f"\nmedian tokens/s over {args.rounds} rounds, ratio to {reference}:")
+    baseline = rates[reference]
     for name, per_batch in rates.items():
         cells = [f"batch {size}: {statistics.median(values):6.1f} ({statistics.median(values) / statistics.median(baseline[size]):.2f}x)"
                  for size, values in per_batch.items()]
