@@ -213,6 +213,10 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
+def timings_url(root: str) -> str:
+    return f"{root.rstrip('/')}/{TIMINGS_FILE}"
+
+
 def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None,
                   unfinished_s: float = 0.0) -> None:
     """Append `{stage, run, wall_s, unfinished_s, peak_rss_gib, finished}` to ROOT/timings.jsonl
@@ -223,7 +227,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
     or failed (`mucode.attempts`), whose kept work this one resumed from. peak_rss_gib is the
     stage's own peak resident memory (None where it could not be measured).
     """
-    append_json_line(f"{root.rstrip('/')}/{TIMINGS_FILE}",
+    append_json_line(timings_url(root),
                      {"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
                       "peak_rss_gib": gib(peak_bytes),
                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
@@ -231,7 +235,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
 
 def read_timings(root: str) -> list[dict[str, Any]]:
     """Every line of ROOT/timings.jsonl (empty when none)."""
-    return read_json_lines(f"{root.rstrip('/')}/{TIMINGS_FILE}")
+    return read_json_lines(timings_url(root))
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:
