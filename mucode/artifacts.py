@@ -119,6 +119,11 @@ def write_atomically(url: str | os.PathLike, data: bytes, filesystem: fsspec.Abs
         filesystem.mv(temporary, path)
 
 
+def root_url(root: str, name: str) -> str:
+    """The path or URL of file `name` directly under an experiment root (a path or fsspec URL)."""
+    return f"{root.rstrip('/')}/{name}"
+
+
 def append_json_line(url: str | os.PathLike, record: dict) -> None:
     """Add `record` as the last line of the JSONL file at `url` (created when missing).
 

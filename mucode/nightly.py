@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mucode.artifacts import append_json_line, read_json_lines
+from mucode.artifacts import append_json_line, read_json_lines, root_url
 
 HISTORY_FILE = "nightly.jsonl"
 PLOT_FILE = "nightly.png"
@@ -76,18 +76,14 @@ def nightly_markdown(entry: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def history_url(root: str) -> str:
-    return f"{root.rstrip('/')}/{HISTORY_FILE}"
-
-
 def append_history(root: str, entry: dict[str, Any]) -> None:
     """Add this iteration's entry to ROOT/nightly.jsonl (a local directory or an object store)."""
-    append_json_line(history_url(root), entry)
+    append_json_line(root_url(root, HISTORY_FILE), entry)
 
 
 def read_history(root: str) -> list[dict[str, Any]]:
     """Every entry of ROOT/nightly.jsonl, oldest first (lines cut short by a crash are skipped)."""
-    return read_json_lines(history_url(root))
+    return read_json_lines(root_url(root, HISTORY_FILE))
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, this_label: str = "this") -> Path:

@@ -37,7 +37,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import ResultStore
 
-from mucode.artifacts import Artifact, ArtifactStore, append_json_line, read_json_lines
+from mucode.artifacts import Artifact, ArtifactStore, append_json_line, read_json_lines, root_url
 from mucode.attempts import stage_attempt
 from mucode.code_digest import run_as_stage, stage_code
 from mucode.config import Config
@@ -213,10 +213,6 @@ def publish_stage_table(run_name: str, cfg: Config, root: str, result: Any) -> N
         create_table_artifact(rows, key=artifact_key(cfg.name, run_name), description=f"{run_name} of {cfg.name}")
 
 
-def timings_url(root: str) -> str:
-    return f"{root.rstrip('/')}/{TIMINGS_FILE}"
-
-
 def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: int | None = None,
                   unfinished_s: float = 0.0) -> None:
     """Append `{stage, run, wall_s, unfinished_s, peak_rss_gib, finished}` to ROOT/timings.jsonl
@@ -227,7 +223,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
     or failed (`mucode.attempts`), whose kept work this one resumed from. peak_rss_gib is the
     stage's own peak resident memory (None where it could not be measured).
     """
-    append_json_line(timings_url(root),
+    append_json_line(root_url(root, TIMINGS_FILE),
                      {"stage": stage, "run": run, "wall_s": round(wall_s, 3), "unfinished_s": round(unfinished_s, 3),
                       "peak_rss_gib": gib(peak_bytes),
                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
@@ -235,7 +231,7 @@ def record_timing(root: str, stage: str, run: str, wall_s: float, peak_bytes: in
 
 def read_timings(root: str) -> list[dict[str, Any]]:
     """Every line of ROOT/timings.jsonl (empty when none)."""
-    return read_json_lines(timings_url(root))
+    return read_json_lines(root_url(root, TIMINGS_FILE))
 
 
 def _stage_run_name(stage: str) -> Callable[..., str]:
