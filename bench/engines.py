@@ -1,4 +1,4 @@
-"""Benchmark: tokens/s of the ct2 engine against transformers ``generate``, and HumanEval passes.
+"""Benchmark: tokens/s of the ct2 and openvino engines against transformers ``generate``, and HumanEval passes.
 
 Every measurement runs in its own process (so one engine's memory and threads never touch
 another's), and the rounds interleave the engines (hf, ct2 int8, ct2 int8_float32, hf, ...),
@@ -20,6 +20,11 @@ and engine:
           problems, single turn, through the evaluation's own search (prompt, code
           extraction, sandbox), greedy with ``--eval-max-new-tokens``.
 
+  turns   (``--tasks turns``) the CPU engines' own ``generate`` as a multi-turn evaluation's
+          later turns call it: T = 0.7, one sample each for the first ``--problems``
+          problems, whose prompts are 1, 2 or 3 copies of the user message in turn (ragged
+          lengths, as after a turn of feedback), ``SPEED_TOKENS`` new tokens, in calls of
+          ``--turn-batch-size`` draws. Prefill is part of what is timed.
   throughput  (``--tasks throughput``) the ct2 engine's own ``generate`` as rollouts call
           it: T = 0.7, ``--samples`` per problem for the first ``--problems`` problems, at
           each of ``--batch-sizes``, to choose the batch size.
@@ -72,15 +77,21 @@ def peak_rss_gb() -> float:
 def open_engine(spec: dict, batch_size: int):
     if spec["engine"] == "hf":
         return make_engine("hf", spec["model"], batch_size=batch_size, dtype="float32")
+    if spec["engine"] == "openvino":
+        return make_engine("openvino", spec["model"], batch_size=batch_size)
     return make_engine("ct2", spec["model"], batch_size=batch_size, compute_type=spec["compute_type"])
 
 
 def decode_batch(engine, prompts: list[list[int]], sampling: SamplingParams) -> None:
     """One batch decoded together, the engine's plain batched path."""
+    from mucode.engines.sampling import plan_draws
+
     if hasattr(engine, "generate_raw"):
         engine.generate_raw(prompts, sampling)
-    else:
+    elif hasattr(engine, "generate_token_ids"):
         engine.generate_token_ids(prompts, sampling, seed=0)
+    else:
+        engine.generate_draws(prompts, plan_draws(prompts, 1, sampling.seed), sampling)
 
 
 def measure_speed(spec: dict) -> dict:
@@ -113,6 +124,21 @@ def measure_throughput(spec: dict) -> dict:
             engine.generate(conversations, spec["samples"], sampling)
             rates[str(batch_size)] = (engine.tokens_generated - before) / (time.perf_counter() - started)
     return {"tokens_per_s": rates, "peak_rss_gb": peak_rss_gb()}
+
+
+def measure_turns(spec: dict) -> dict:
+    """tokens/s of ``engine.generate`` on ragged long prompts, sampled (a later evaluation turn)."""
+    sampling = SamplingParams(temperature=0.7, max_new_tokens=SPEED_TOKENS, seed=0)
+    by_copies = {copies: humaneval_conversations(spec["problems"], copies) for copies in (1, 2, 3)}
+    conversations = [by_copies[1 + index % 3][index] for index in range(spec["problems"])]
+    with open_engine(spec, batch_size=spec["turn_batch_size"]) as engine:
+        prompt_tokens = sum(len(prompt) for prompt in engine.prompt_token_ids(conversations))
+        started = time.perf_counter()
+        engine.generate(conversations, 1, sampling)
+        wall = time.perf_counter() - started
+        tokens = engine.tokens_generated
+    return {"tokens_per_s": tokens / wall, "wall_s": wall, "tokens": tokens, "prompt_tokens": prompt_tokens,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def measure_passes(spec: dict) -> dict:
@@ -155,7 +181,7 @@ def run_child(spec: dict) -> dict:
 
 def label(spec: dict) -> str:
     policy, allocator = spec.get("wait_policy", "inherit"), spec.get("allocator", "inherit")
-    name = "hf float32" if spec["engine"] == "hf" else f"ct2 {spec['compute_type']}"
+    name = {"hf": "hf float32", "openvino": "openvino q8_0"}.get(spec["engine"]) or f"ct2 {spec['compute_type']}"
     return name + ("" if policy == "inherit" else f" omp={policy}") + ("" if allocator == "inherit" else f" {allocator}")
 
 
@@ -163,13 +189,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled:qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compute-types", nargs="+", default=["int8", "int8_float32"])
+    parser.add_argument("--compute-types", nargs="*", default=["int8", "int8_float32"],
+                        help="ct2 compute types to measure (none: leave ct2 out)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--batch1-prompts", type=int, default=2)
     parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--eval-max-new-tokens", type=int, default=512)
     parser.add_argument("--pass-compute-types", nargs="+", default=["int8"])
-    parser.add_argument("--tasks", nargs="+", choices=["speed", "passes", "throughput"], default=["speed", "passes"])
+    parser.add_argument("--tasks", nargs="+", choices=["speed", "passes", "throughput", "turns"],
+                        default=["speed", "passes"])
+    parser.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=True,
+                        help="include the openvino engine beside hf and ct2")
+    parser.add_argument("--turn-batch-size", type=int, default=16, help="turns: draws per engine call")
     parser.add_argument("--samples", type=int, default=4, help="throughput: samples per problem")
     parser.add_argument("--wait-policies", nargs="+", default=["inherit"],
                         help="speed: OMP_WAIT_POLICY of each engine's processes (inherit, unset, PASSIVE, "
@@ -183,7 +214,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        measure = {"passes": measure_passes, "speed": measure_speed, "throughput": measure_throughput}[spec["task"]]
+        measure = {"passes": measure_passes, "speed": measure_speed, "throughput": measure_throughput,
+                   "turns": measure_turns}[spec["task"]]
         result = measure(spec)
         print(json.dumps(result))
         return
@@ -193,11 +225,12 @@ def main() -> None:
     model = resolve_model(args.model)  # convert once here, not inside a timed child
     base = {"model": model, "batch_sizes": args.batch_sizes, "batch1_prompts": args.batch1_prompts,
             "problems": args.problems, "eval_max_new_tokens": args.eval_max_new_tokens, "samples": args.samples,
-            "prompt_copies": args.prompt_copies}
+            "prompt_copies": args.prompt_copies, "turn_batch_size": args.turn_batch_size}
     variants = [{"wait_policy": policy, "allocator": allocator}
                 for policy in args.wait_policies for allocator in args.allocators]
     engines = [{"engine": "hf", **variant} for variant in variants] + [
-        {"engine": "ct2", "compute_type": kind, **variant} for kind in args.compute_types for variant in variants]
+        {"engine": "ct2", "compute_type": kind, **variant} for kind in args.compute_types for variant in variants] + (
+        [{"engine": "openvino", **variant} for variant in variants] if args.openvino else [])
     print(f"{args.model}: greedy, {SPEED_TOKENS} new tokens, chat-templated HumanEval prompts; "
           f"{args.rounds} interleaved rounds, one process per engine and round; "
           f"load average {os.getloadavg()[0]:.1f} at start (the machine may be shared)", flush=True)
@@ -205,6 +238,8 @@ def main() -> None:
         compare_speed(args, base, engines)
     if "passes" in args.tasks:
         compare_passes(args, base)
+    if "turns" in args.tasks:
+        compare_turns(args, base, [engine for engine in engines if engine["engine"] != "hf"])
     if "throughput" in args.tasks:
         for spec in [{**base, **engine, "task": "throughput"} for engine in engines if engine["engine"] == "ct2"]:
             result = run_child(spec)
@@ -236,11 +271,31 @@ def compare_speed(args: argparse.Namespace, base: dict, engines: list[dict]) -> 
         print(f"  {name:<24} " + "  ".join(cells) + f"  peak RSS {rss[name]:.2f} GB")
 
 
+def compare_turns(args: argparse.Namespace, base: dict, engines: list[dict]) -> None:
+    """The CPU engines on ragged later-turn prompts, interleaved over the rounds; ratios to the first."""
+    print(f"\nlater turns: {args.problems} ragged prompts (1-3 copies), T=0.7, {SPEED_TOKENS} new tokens, "
+          f"calls of {args.turn_batch_size} draws:")
+    rates: dict[str, list[float]] = {}
+    for round_number in range(1, args.rounds + 1):
+        for engine in engines:
+            spec = {**base, **engine, "task": "turns"}
+            result = run_child(spec)
+            rates.setdefault(label(spec), []).append(result["tokens_per_s"])
+            print(f"round {round_number}  {label(spec):<24} {result['tokens_per_s']:6.1f} new tok/s  "
+                  f"({result['tokens']} new, {result['prompt_tokens']} prompt tokens in {result['wall_s']:.0f} s)  "
+                  f"peak RSS {result['peak_rss_gb']:.2f} GB (load {os.getloadavg()[0]:.1f})", flush=True)
+    reference = next(iter(rates))
+    for name, values in rates.items():
+        print(f"  {name:<24} median {statistics.median(values):6.1f} new tok/s "
+              f"({statistics.median(values) / statistics.median(rates[reference]):.2f}x {reference})")
+
+
 def compare_passes(args: argparse.Namespace, base: dict) -> None:
     print(f"\nHumanEval first {args.problems}, greedy single turn, max {args.eval_max_new_tokens} new tokens:")
     passes = {}
     # ct2 first: the faster one reports before the slow baseline.
-    for engine in [{"engine": "ct2", "compute_type": kind} for kind in args.pass_compute_types] + [{"engine": "hf"}]:
+    for engine in ([{"engine": "ct2", "compute_type": kind} for kind in args.pass_compute_types]
+                   + ([{"engine": "openvino"}] if args.openvino else []) + [{"engine": "hf"}]):
         spec = {**base, **engine, "task": "passes"}
         result = run_child(spec)
         passes[label(spec)] = set(result["passed"])

@@ -59,7 +59,7 @@ class SamplingConfig(Section):
 
 
 class EngineConfig(Section):
-    kind: Literal["hf", "ct2", "sglang"] = "hf"
+    kind: Literal["hf", "ct2", "openvino", "sglang"] = "hf"
     batch_size: int = Field(default=8, ge=1)
     # ct2 only: int8 weights (default, fastest on CPU) or float32 (matches hf closely).
     compute_type: Literal["int8", "int8_float32", "int16", "float32"] = "int8"

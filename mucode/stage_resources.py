@@ -36,6 +36,8 @@ def make_engine_from_config(cfg: Config, model: str | ResolvedModel):
                            batch_size=cfg.engine.batch_size)
     if cfg.engine.kind == "ct2":
         return make_engine("ct2", model, batch_size=cfg.engine.batch_size, compute_type=cfg.engine.compute_type)
+    if cfg.engine.kind == "openvino":
+        return make_engine("openvino", model, batch_size=cfg.engine.batch_size)
     return make_engine("hf", model, batch_size=cfg.engine.batch_size, dtype=cfg.model.dtype)
 
 

@@ -415,7 +415,7 @@ def test_qwen_config_plans_issue_17s_comparison(capsys):
     assert (cfg.verifier.loss, cfg.evaluation.turns, cfg.evaluation.n) == ("bt", 3, 5)
     assert cfg.verifier.heldout_fraction > 0  # the report needs a held-out AUC
     # The fast CPU engine and LoRA for both trainers (issue 16).
-    assert (cfg.engine.kind, cfg.finetune.method, cfg.verifier.method) == ("ct2", "lora", "lora")
+    assert (cfg.engine.kind, cfg.finetune.method, cfg.verifier.method) == ("openvino", "lora", "lora")
 
     assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance", "0.15"]) == 0
     plan = json.loads(capsys.readouterr().out)

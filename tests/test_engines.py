@@ -464,3 +464,137 @@ def test_ct2_conversion_failure_is_one_line(tmp_path: Path) -> None:
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"CTranslate2 cannot convert model {broken}: ")
     assert [path.name for path in (tmp_path / "cache" / "ct2").iterdir() if not path.name.endswith(".lock")] == []
+
+
+# --- the openvino engine (OpenVINO GenAI) and its GGUF export ---------------------------------
+
+
+def test_gguf_names_map_onto_transformers_names() -> None:
+    from mucode.gguf_export import GGUFExportError, transformers_name
+
+    assert transformers_name("token_embd.weight") == "model.embed_tokens.weight"
+    assert transformers_name("output.weight") == "lm_head.weight"
+    assert transformers_name("blk.11.attn_k.bias") == "model.layers.11.self_attn.k_proj.bias"
+    assert transformers_name("blk.0.ffn_down.weight") == "model.layers.0.mlp.down_proj.weight"
+    with pytest.raises(GGUFExportError, match="blk.0.attn_qkv.weight"):
+        transformers_name("blk.0.attn_qkv.weight")
+
+
+def test_rotary_interleave_is_what_transformers_undoes_when_it_loads_a_gguf() -> None:
+    import numpy as np
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from mucode.gguf_export import interleave_rotary_halves
+
+    # One head of dimension 4: the halves (0, 1) and (2, 3) interleave to 0, 2, 1, 3.
+    rows = np.arange(4, dtype=np.float32)[:, None]
+    assert interleave_rotary_halves(rows, heads=1)[:, 0].tolist() == [0, 2, 1, 3]
+    weight = np.random.default_rng(0).normal(size=(3 * 8, 5)).astype(np.float32)  # 3 heads of 8
+    undo = LlamaTensorProcessor(config={"num_attention_heads": 3, "num_key_value_heads": 3})
+    assert np.array_equal(undo.process(interleave_rotary_halves(weight, heads=3), "blk.0.attn_q.weight").weights, weight)
+
+
+def test_openvino_export_key_changes_with_checkpoint_and_exporter() -> None:
+    from mucode.engines.openvino import export_key
+
+    keys = {export_key(fingerprint, version) for fingerprint in ("a" * 64, "b" * 64) for version in ("0.19.0", "0.20")}
+    assert len(keys) == 4
+
+
+def test_openvino_engine_without_openvino_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mucode.engines.openvino import OPENVINO_MISSING
+
+    monkeypatch.setitem(sys.modules, "openvino_genai", None)  # import now raises ImportError
+    with pytest.raises(EngineUnavailableError) as error:
+        make_engine("openvino", BUNDLED)
+    assert str(error.value) == OPENVINO_MISSING
+
+
+@pytest.mark.slow
+def test_gguf_export_of_the_bundled_checkpoint_reproduces_its_gguf(bundled_dir: str, tmp_path: Path) -> None:
+    """The bundled safetensors were dequantised from the bundled GGUF (and un-interleaved by
+    transformers); written back they give the same tensors to Q8_0's rounding, and the same
+    tokenizer and chat template. A wrong name, shape or row order would be off by O(1)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from mucode.gguf_export import export_gguf, field_value, find_template
+
+    template = find_template(bundled_dir, tmp_path, Path(bundled_dir).parent)
+    assert template.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    export_gguf(bundled_dir, template, tmp_path / "model.gguf")
+    original, exported = GGUFReader(str(template)), GGUFReader(str(tmp_path / "model.gguf"))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.chat_template", "llama.attention.head_count_kv"):
+        assert field_value(exported.fields[key]) == field_value(original.fields[key])
+    assert field_value(exported.fields["general.file_type"]) == 7  # Q8_0
+    written = {tensor.name: tensor for tensor in exported.tensors}
+    assert sorted(written) == sorted(tensor.name for tensor in original.tensors)
+    for tensor in original.tensors:
+        mine = written[tensor.name]
+        expected = dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+        got = dequantize(mine.data, mine.tensor_type).reshape(-1)
+        assert mine.tensor_type in (GGMLQuantizationType.Q8_0, GGMLQuantizationType.F32)
+        assert np.abs(got - expected).max() <= 0.01 * np.abs(expected).max(), tensor.name
+
+
+@pytest.mark.slow
+def test_gguf_export_of_another_architecture_is_one_line(tiny_model: str, tmp_path: Path) -> None:
+    """The 1-layer test model has the bundled tokenizer but not the bundled shapes."""
+    from mucode.engines.openvino import ExportError, ensure_exported
+
+    with pytest.raises(ExportError) as error:
+        ensure_exported(tiny_model, tmp_path / "cache")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"cannot write model {tiny_model} as GGUF for the openvino engine")
+    assert "not of the template's architecture" in message
+    assert [path.name for path in (tmp_path / "cache" / "openvino").iterdir() if not path.name.endswith(".lock")] == []
+
+
+@pytest.fixture(scope="module")
+def openvino_engine(bundled_dir: str, bundled_cache: Path):
+    with make_engine("openvino", bundled_dir, batch_size=8, cache_dir=bundled_cache) as engine:
+        yield engine
+
+
+@pytest.mark.slow
+def test_openvino_prompts_and_stops_are_the_hf_engines(openvino_engine, hf_engine) -> None:
+    assert openvino_engine.prompt_token_ids(CONVERSATIONS) == hf_engine.prompt_token_ids(CONVERSATIONS)
+    assert openvino_engine.stop_ids == hf_engine.stop_ids
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    replies = openvino_engine.generate(CONVERSATIONS, 2, greedy)
+    assert replies == openvino_engine.generate(CONVERSATIONS, 2, greedy)
+    assert all(samples[0] == samples[1] and samples[0] for samples in replies)
+    assert not any("<|im_end|>" in samples[0] for samples in replies)
+
+
+@pytest.mark.slow
+def test_openvino_tokens_generated_counts_the_stop_token(openvino_engine) -> None:
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    prompts = openvino_engine.prompt_token_ids(CONVERSATIONS)
+    draws = plan_draws(prompts, 1, 0)
+    before = openvino_engine.tokens_generated
+    replies = openvino_engine.generate_draws(prompts, draws, greedy)
+    assert openvino_engine.tokens_generated - before == sum(min(len(reply) + 1, 16) for reply in replies)
+    assert any(len(reply) < 15 for reply in replies), "one reply should stop early for this test to bite"
+    assert not any(set(reply) & set(openvino_engine.stop_ids) for reply in replies)
+
+
+@pytest.mark.slow
+def test_openvino_draws_are_seeded_one_by_one(openvino_engine, bundled_dir: str, bundled_cache: Path) -> None:
+    """Each draw is its own request with its own seed: a call repeats, a draw's sample is the
+    same alone as in a batch, and another seed gives other samples."""
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)
+    first = openvino_engine.generate(CONVERSATIONS, 3, sampling)
+    assert [len(samples) for samples in first] == [3, 3, 3]
+    assert first == openvino_engine.generate(CONVERSATIONS, 3, sampling)
+    assert len({reply for samples in first for reply in samples}) == 9
+    assert [openvino_engine.generate([conversation], 3, sampling)[0] for conversation in CONVERSATIONS] == first
+    other_seed = openvino_engine.generate(CONVERSATIONS, 3, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
+    assert all(a != b for a, b in zip(first, other_seed, strict=True))
+    with make_engine("openvino", bundled_dir, batch_size=2, cache_dir=bundled_cache) as fresh:
+        assert fresh.generate(CONVERSATIONS, 3, sampling) == first
+    with pytest.raises(EngineClosedError):
+        fresh.generate(CONVERSATIONS[:1], 1, sampling)

@@ -1,8 +1,9 @@
-"""Generation engines: ``hf`` (transformers, runs anywhere), ``ct2`` (CTranslate2, fast on
-CPU) and ``sglang`` (a GPU server, over HTTP).
+"""Generation engines: ``hf`` (transformers, runs anywhere), ``ct2`` (CTranslate2 on CPU),
+``openvino`` (OpenVINO GenAI continuous batching, the fastest on CPU) and ``sglang`` (a GPU
+server, over HTTP).
 
 ``make_engine(kind, model, **options)`` builds one; engine modules are imported only
-when asked for, so importing ``mucode.engines`` loads neither torch, CTranslate2 nor SGLang.
+when asked for, so importing ``mucode.engines`` loads neither torch, CTranslate2, OpenVINO nor SGLang.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mucode.engines.sampling import SamplingParams
 if TYPE_CHECKING:
     from mucode.models import ResolvedModel
 
-ENGINE_KINDS = ("hf", "ct2", "sglang")
+ENGINE_KINDS = ("hf", "ct2", "openvino", "sglang")
 
 __all__ = [
     "ENGINE_KINDS",
@@ -44,6 +45,7 @@ def make_engine(kind: str, model: str | ResolvedModel, **options: Any) -> Engine
     """An engine of ``kind`` serving ``model``: a ``mucode.models.ResolvedModel``, or any
     name ``mucode.models.resolve_model`` accepts. Options go to the engine: ``hf``: batch_size, dtype, device, num_threads;
     ``ct2``: batch_size, compute_type, num_threads, cache_dir;
+    ``openvino``: batch_size, num_threads, kv_cache_gb, cache_dir;
     ``sglang``: tp_size, dp_size, gpu_ids, base_gpu_id, mem_fraction_static, dtype,
     batch_size, deterministic, startup_timeout_s, base_url (attach to a running server),
     retry (a ``mucode.engines.http_json.RetryPolicy``)."""
@@ -55,6 +57,10 @@ def make_engine(kind: str, model: str | ResolvedModel, **options: Any) -> Engine
         from mucode.engines.ct2 import CT2Engine
 
         return CT2Engine(model, **options)
+    if kind == "openvino":
+        from mucode.engines.openvino import OpenVINOEngine
+
+        return OpenVINOEngine(model, **options)
     if kind == "sglang":
         from mucode.engines.sglang import make_sglang_engine
 

@@ -1,4 +1,4 @@
-"""The ``generate`` loop shared by the engines that decode token ids in this process (hf, ct2).
+"""The ``generate`` loop shared by the engines that decode token ids in this process (hf, ct2, openvino).
 
 ``generate`` renders every conversation with the chat template, plans its draws (``n`` per
 conversation, one when greedy, each with its seed: ``mucode.engines.sampling``), cuts them
