@@ -135,7 +135,8 @@ def evaluate_stage(cfg, root: str, problems, generator, verifier, selection: str
                         "seed": cfg.seed, "temperature": sampling.temperature,
                         "max_new_tokens": sampling.max_new_tokens, "wall_s": round(time.perf_counter() - started, 2),
                         "resumed_after_turn": 0 if finished is None else int(finished["turn"].max() or 0),
-                        "reused_generate_calls": memoized.reused_calls}}
+                        "reused_generate_calls": memoized.reused_calls,
+                        "reused_conversations": memoized.reused_conversations}}
     inputs = [problems.hash, model_hash(cfg, generator)] + ([verifier.hash] if verifier is not None else [])
     # One folder per method: two methods can produce identical rows (an arm that had nothing to
     # train on is the base model), and one content-addressed file would carry only one manifest.

@@ -863,3 +863,47 @@ def test_codecontests_search_prompts_engine_and_verifier_with_the_stdio_message(
     assert all(conversation[0] == {"role": "user", "content": expected} for conversation in engine.conversations)
     assert "standard input" in expected and "Python function implementation" not in expected
     assert scorer.prompts and set(scorer.prompts) == {expected}
+
+
+class IndependentScriptedEngine(ScriptedEngine):
+    """ScriptedEngine's replies depend on nothing but the conversation and sample index;
+    this one also records which (conversation, seed stream) pairs it generated."""
+
+    independent_draws = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, str]] = []
+
+    def generate(self, conversations, n, sampling, streams=None):
+        self.asked += [(json.dumps(conversation), stream) for conversation, stream in zip(conversations, streams)]
+        return super().generate(conversations, n, sampling, streams)
+
+
+def test_selections_share_every_search_whose_history_agrees_with_an_engine_of_independent_draws(tmp_path,
+                                                                                               monkeypatch):
+    """random then pt: 'neg' fails its public test on turn 1 with both candidates, so both
+    rules pick alike and their turn-2 conversations are the same; pt generates none of them
+    again, only what random never asked, and its rows are those of a run without the memo."""
+    import mucode.tasks.evaluate as evaluate
+    from mucode.artifacts import ArtifactStore
+
+    cfg = tiny_config(n=2, turns=3, searches=2)
+    store = ArtifactStore(tmp_path / "shared")
+    problems = store.put_frame(problems_frame(), stage="problems")
+    asked = {}
+    for selection in ("random", "pt"):
+        asked[selection] = engine = IndependentScriptedEngine()
+        scripted_stage(monkeypatch, engine)
+        made = evaluate.evaluate_stage(cfg, str(tmp_path / "shared"), problems=problems, generator=None,
+                                       verifier=None, selection=selection, n=2, label=f"base-{selection}")
+    assert asked["pt"].asked and not set(asked["pt"].asked) & set(asked["random"].asked)
+    details = store.manifest(made)["evaluation"]["details"]
+    later_turns_reused = details["reused_conversations"] - len(problems_frame()) * 2  # beyond turn 1's 4
+    assert later_turns_reused >= 2, details  # neg's two searches at turn 2
+    alone = ArtifactStore(tmp_path / "alone")
+    scripted_stage(monkeypatch, ScriptedEngine())
+    unshared = evaluate.evaluate_stage(cfg, str(tmp_path / "alone"), problems=alone.put_frame(problems_frame(),
+                                       stage="problems"), generator=None, verifier=None, selection="pt", n=2,
+                                       label="base-pt")
+    assert store.get_frame(made).equals(alone.get_frame(unshared))

@@ -66,3 +66,36 @@ def test_the_wrapped_engine_is_entered_and_closed_through_the_memo(tmp_path: Pat
     with MemoizedEngine(engine, tmp_path, identity="m") as memo:
         memo.generate(CONVERSATIONS, 1, SamplingParams())
     assert engine.closed
+
+
+class IndependentEngine(CountingEngine):
+    """Replies name the conversation, so a reply read back per conversation is checkable."""
+
+    independent_draws = True
+
+    def generate(self, conversations, n, sampling, streams=None):
+        self.calls += 1
+        self.asked = [conversation[0]["content"] for conversation in conversations]
+        self.tokens_generated += 5 * n * len(conversations)
+        return [[f"{conversation[0]['content']} call {self.calls} reply {j}" for j in range(n)]
+                for conversation in conversations]
+
+
+def test_an_engine_of_independent_draws_is_memoised_per_conversation(tmp_path: Path):
+    engine = IndependentEngine()
+    memo = MemoizedEngine(engine, tmp_path, identity="m")
+    sampling = SamplingParams(seed=2)
+    third = [{"role": "user", "content": "Write inc(x)."}]
+    first = memo.generate(CONVERSATIONS, 2, sampling, streams=["a", "b"])
+    # A call that repeats the second conversation (same stream) generates only the new one.
+    again = memo.generate([CONVERSATIONS[1], third], 2, sampling, streams=["b", "c"])
+    assert engine.asked == ["Write inc(x)."] and again[0] == first[1] and again[1][0].endswith("call 2 reply 0")
+    assert memo.reused_conversations == 1 and memo.reused_calls == 0
+    assert memo.generate([third, CONVERSATIONS[0]], 2, sampling, streams=["c", "a"]) == [again[1], first[0]]
+    assert engine.calls == 2 and memo.reused_calls == 1 and memo.reused_conversations == 3
+    # Another stream for the same conversation is another sample: generated.
+    memo.generate(CONVERSATIONS[:1], 2, sampling, streams=["z"])
+    assert engine.calls == 3
+    # Without streams, the call as a whole is the key, as for any engine.
+    memo.generate(CONVERSATIONS, 2, sampling)
+    assert engine.calls == 4 and engine.asked == ["Write add(a, b).", "Write neg(x)."]

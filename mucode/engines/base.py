@@ -25,6 +25,10 @@ class Engine(ABC):
     """A loaded model that samples replies to conversations."""
 
     tokens_generated: int = 0
+    # True when a conversation's replies depend only on it, n, the sampling parameters and its
+    # seed stream, never on the other conversations of the call (engines that seed each draw
+    # on its own). `mucode.generation_memo` then keeps replies per conversation, not per call.
+    independent_draws: bool = False
 
     @abstractmethod
     def generate(self, conversations: list[Conversation], n: int, sampling: SamplingParams,

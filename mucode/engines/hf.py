@@ -41,6 +41,8 @@ from mucode.models import ResolvedModel, default_device, resolve
 class HFEngine(BatchedEngine):
     """Transformers generation with length-bucketed batches and per-draw seeds."""
 
+    independent_draws = True
+
     def __init__(
         self,
         model: str | ResolvedModel,

@@ -100,6 +100,8 @@ def run_exporter(model_dir: str, out_path: Path, models_cache: Path) -> None:
 class OpenVINOEngine(BatchedEngine):
     """OpenVINO GenAI continuous batching, one request per draw, each with its own seed."""
 
+    independent_draws = True
+
     def __init__(
         self,
         model: str | ResolvedModel,

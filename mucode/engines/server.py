@@ -59,6 +59,8 @@ def parse_completion(answer: Any) -> tuple[str, int]:
 class ServerEngine(Engine):
     """Samples from an OpenAI-compatible server it starts (``command``) or attaches to."""
 
+    independent_draws = True  # one request per draw, each with its own seed
+
     def __init__(
         self,
         model: str | ResolvedModel,
