@@ -38,13 +38,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mucode.engines.batched import BatchedEngine
 from mucode.engines.batching import cut_at_stop
+from mucode.engines.child_process import failure_of
 from mucode.engines.cpu_threads import auto_num_threads, cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams
@@ -96,10 +96,8 @@ def run_converter(model_dir: str, out_dir: Path, weights: str) -> None:
         sys.executable, "-m", "ctranslate2.converters.transformers",
         "--model", str(model_dir), "--output_dir", str(out_dir), "--quantization", weights, "--force",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
+    reason = failure_of(command)
+    if reason is not None:
         raise ConversionError(f"CTranslate2 cannot convert model {model_dir}: {reason}")
 
 

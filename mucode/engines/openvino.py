@@ -29,13 +29,13 @@ This module does not train and does not run on GPUs.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mucode.engines.batched import BatchedEngine
 from mucode.engines.batching import cut_at_stop
+from mucode.engines.child_process import failure_of
 from mucode.engines.cpu_threads import cpu_thread_budget
 from mucode.engines.errors import EngineClosedError, EngineError, EngineUnavailableError
 from mucode.engines.sampling import Draw, SamplingParams
@@ -90,10 +90,8 @@ finally:
 def run_exporter(model_dir: str, out_path: Path, models_cache: Path) -> None:
     """``mucode.gguf_export`` in a child process (it holds every weight once); one line when it fails."""
     command = [sys.executable, "-c", EXPORT_SCRIPT, str(model_dir), str(out_path), str(out_path.parent), str(models_cache)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
+    reason = failure_of(command)
+    if reason is not None:
         raise ExportError(f"cannot write model {model_dir} as GGUF for the openvino engine: {reason}")
 
 
