@@ -17,7 +17,7 @@ def test_shipped_configs_load(name):
 def test_the_demo_learns_from_the_model_that_succeeds_with_the_fast_engine_and_lora():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.model.name == "bundled:qwen2.5-coder-0.5b-instruct"  # SmolLM2 stays the tests' model
-    assert (cfg.engine.kind, cfg.finetune.method, cfg.verifier.method, cfg.verifier.loss) == ("ct2", "lora", "lora", "bt")
+    assert (cfg.engine.kind, cfg.finetune.method, cfg.verifier.method, cfg.verifier.loss) == ("openvino", "lora", "lora", "bt")
     assert cfg.compute.num_gpus == 0 and cfg.rollout.max_turns > 1 and cfg.evaluation.turns > 1
 
 

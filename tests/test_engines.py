@@ -513,7 +513,8 @@ def test_openvino_engine_without_openvino_says_how_to_get_it(monkeypatch: pytest
 
 
 @pytest.mark.slow
-def test_gguf_export_of_the_bundled_checkpoint_reproduces_its_gguf(bundled_dir: str, tmp_path: Path) -> None:
+def test_gguf_export_of_the_bundled_checkpoint_reproduces_its_gguf(bundled_dir: str, bundled_cache: Path,
+                                                                   tmp_path: Path) -> None:
     """The bundled safetensors were dequantised from the bundled GGUF (and un-interleaved by
     transformers); written back they give the same tensors to Q8_0's rounding, and the same
     tokenizer and chat template. A wrong name, shape or row order would be off by O(1)."""
@@ -521,12 +522,13 @@ def test_gguf_export_of_the_bundled_checkpoint_reproduces_its_gguf(bundled_dir: 
     from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize
 
-    from mucode.gguf_export import export_gguf, field_value, find_template
+    from mucode.engines.openvino import ensure_exported
+    from mucode.gguf_export import field_value, find_template
+    from mucode.models import bundled_part_paths
 
-    template = find_template(bundled_dir, tmp_path, Path(bundled_dir).parent)
-    assert template.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    export_gguf(bundled_dir, template, tmp_path / "model.gguf")
-    original, exported = GGUFReader(str(template)), GGUFReader(str(tmp_path / "model.gguf"))
+    (template,) = bundled_part_paths("smollm2-135m-instruct")
+    assert find_template(bundled_dir, tmp_path, bundled_cache) == template
+    original, exported = GGUFReader(str(template)), GGUFReader(str(ensure_exported(bundled_dir, bundled_cache)))
     for key in ("tokenizer.ggml.tokens", "tokenizer.chat_template", "llama.attention.head_count_kv"):
         assert field_value(exported.fields[key]) == field_value(original.fields[key])
     assert field_value(exported.fields["general.file_type"]) == 7  # Q8_0
@@ -598,3 +600,30 @@ def test_openvino_draws_are_seeded_one_by_one(openvino_engine, bundled_dir: str,
         assert fresh.generate(CONVERSATIONS, 3, sampling) == first
     with pytest.raises(EngineClosedError):
         fresh.generate(CONVERSATIONS[:1], 1, sampling)
+
+
+@pytest.mark.slow
+def test_openvino_serves_a_fine_tuned_checkpoint_from_its_own_export(bundled_dir: str, bundled_cache: Path,
+                                                                      tmp_path: Path) -> None:
+    """A checkpoint saved as the fine-tune stage saves one (tokenizer re-saved by transformers)
+    is exported under its own content hash, found its template by its tokenizer, and served."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from mucode.engines.openvino import ensure_exported
+    from mucode.models import load_tokenizer
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(bundled_dir, checkpoint)
+    load_tokenizer(bundled_dir).save_pretrained(checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    name = next(key for key in weights if key.endswith("layers.0.mlp.down_proj.weight"))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    exported = ensure_exported(str(checkpoint), bundled_cache)
+    assert exported != ensure_exported(bundled_dir, bundled_cache) and exported.is_file()
+    assert ensure_exported(str(checkpoint), bundled_cache) == exported  # once per content
+    with make_engine("openvino", str(checkpoint), batch_size=2, cache_dir=bundled_cache) as engine:
+        replies = engine.generate(CONVERSATIONS[:1], 2, SamplingParams(temperature=0.7, max_new_tokens=8, seed=1))
+    assert len(replies[0]) == 2 and all(replies[0])
