@@ -29,11 +29,11 @@ install: $(STAMP)
 demo: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.train --config configs/smoke.yaml
 
-# The same on Qwen2.5-Coder-0.5B, which passes real tests (ct2 engine, LoRA): 17-21 min here.
+# The same on Qwen2.5-Coder-0.5B, which passes real tests (openvino engine, LoRA): ~14 min here.
 demo-qwen: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.train --config configs/demo.yaml
 
-# Table 1 at CPU scale (about 90 minutes on 2 cores): µCode vs multi-turn RFT vs Multi-STaR².
+# Table 1 at CPU scale on SmolLM2 (about 90 minutes on 2 cores): µCode vs multi-turn RFT vs Multi-STaR².
 compare: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m mucode.flows.compare --config configs/compare-cpu.yaml
 
