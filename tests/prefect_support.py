@@ -88,10 +88,22 @@ def make_config(run_dir: str, overrides: dict | None = None) -> Config:
     return parse_config(apply_overrides({"run_dir": run_dir, "name": "toy"}, overrides or {}))
 
 
-def smoke_overrides(run_dir: Path) -> list[str]:
-    # smoke.yaml's BT loss finds no (passing, failing) pair among 6 problems (VerifierInputError).
-    # nightly off: these tests count the iteration's own stages (the nightly report has its own test).
-    return [f"run_dir={run_dir}", "verifier.loss=bce", "nightly.enabled=false"]
+# The smallest evaluation the flows run: one HumanEval problem, one candidate, one turn.
+TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evaluation.n=1", "evaluation.turns=1",
+                   "evaluation.searches=1", "evaluation.scaling_ns=[1]", "evaluation.sampling.max_new_tokens=32"]
+# smoke.yaml cut down for the tests of orchestration (caching, kill and resume, deployments): every
+# stage still runs for real on the bundled model, and still trains it (the fine-tune's peak RSS is
+# the 135M model's with its AdamW state), on 2 problems x 1 rollout x 2 turns of 32 new tokens.
+TINY_SMOKE = ["data.train_limit=2", "rollout.num_rollouts=1", "rollout.sampling.max_new_tokens=32",
+              "verifier.max_length=256", "finetune.max_length=384", *TINY_EVALUATION, "nightly.limit=1",
+              # BT finds no (passing, failing) pair among so few answers of a 135M model (VerifierInputError).
+              "verifier.loss=bce"]
+
+
+def smoke_overrides(run_dir: Path | str, nightly: bool = False) -> list[str]:
+    """TINY_SMOKE with runs under `run_dir`. Nightly off by default: most tests count the
+    iteration's own stages (the nightly report has its own test)."""
+    return [f"run_dir={run_dir}", *TINY_SMOKE, f"nightly.enabled={str(nightly).lower()}"]
 
 
 def log_call(root: str, stage: str) -> None:

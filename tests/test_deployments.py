@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from prefect_support import PREFECT, REPO, api, flow_run_artifacts, smoke_overrides, task_run_states
-
-TINY_EVALUATION = ["data.eval_datasets=[humaneval]", "data.eval_limit=1", "evaluation.n=1", "evaluation.turns=1",
-                   "evaluation.searches=1", "evaluation.scaling_ns=[1]", "evaluation.sampling.max_new_tokens=32"]
+from prefect_support import (PREFECT, REPO, TINY_EVALUATION, api, flow_run_artifacts, smoke_overrides,
+                             task_run_states)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +128,7 @@ def test_smoke_iteration_runs_to_completion_in_the_docker_deployment(deployed):
     if done.returncode != 0:
         pytest.fail("image mucode-trainer:latest is missing: bash containers/build-trainer.sh")
     run_dir = f"/opt/mucode/runs/test-{time.time_ns()}"  # inside the container, in the volume
-    parameters = {"config": "configs/smoke.yaml", "overrides": [f"run_dir={run_dir}", "verifier.loss=bce"]}
+    parameters = {"config": "configs/smoke.yaml", "overrides": smoke_overrides(run_dir, nightly=True)}
     with api(deployed):
         flow_run = run_to_completion("mucode-iteration/docker", parameters, 3600,
                                      "smoke mucode-iteration via the docker deployment")

@@ -9,6 +9,7 @@ below prove the mechanism; the smoke tests run the real stages of tasks/.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from prefect import flow
 
 from mucode.artifacts import Artifact, ArtifactStore
-from mucode.attempts import HEARTBEAT_S
+from mucode.attempts import ATTEMPTS_DIR, HEARTBEAT_S
 from mucode.orchestration import experiment_root, read_timings, stage_task
 from prefect_support import (PYTHON, REPO, SMOKE, api, calls, last_json_line, log_call, make_config, python_command,
                              run_python, smoke_overrides, task_run_states)
@@ -242,7 +243,7 @@ def test_smoke_iteration_killed_in_finetune_resumes_without_redoing_rollouts_or_
     process = subprocess.Popen(python_command(code), env=prefect_server, cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     killed_id = _wait_for_running_task(prefect_server, process, "finetune", since, timeout=1800)
-    time.sleep(2 * HEARTBEAT_S)  # the killed attempt's time is kept to its last heartbeat
+    _wait_for_heartbeat(process, tmp_path / "smoke", "finetune", timeout=600)
     print(f"smoke iteration reached finetune after {time.perf_counter() - started:.1f} s: killing it")
     os.killpg(process.pid, signal.SIGKILL)  # the flow process and any stage subprocess it started
     process.wait(timeout=30)
@@ -270,28 +271,42 @@ def _wait_for_running_task(env: dict[str, str], process: subprocess.Popen, task_
 
     `since` leaves out task runs of earlier killed processes, which stay Running on the server.
     """
-    code = f"""
-import json
-from prefect import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime,
-                                            TaskRunFilterState, TaskRunFilterStateName)
-from prefect.client.schemas.sorting import TaskRunSort
-with get_client(sync_client=True) as client:
-    runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_={task_name!r}),
-                                 state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Running"])),
-                                 start_time=TaskRunFilterStartTime(after_={since!r})),
-                                 flow_run_filter=FlowRunFilter(), limit=10, offset=0,
-                                 sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-print(json.dumps({{"ids": [str(run.flow_run_id) for run in runs]}}))
-"""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, TaskRunFilter, TaskRunFilterName,
+                                                TaskRunFilterStartTime, TaskRunFilterState, TaskRunFilterStateName)
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    running = TaskRunFilter(name=TaskRunFilterName(like_=task_name),
+                            state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Running"])),
+                            start_time=TaskRunFilterStartTime(after_=datetime.datetime.fromisoformat(since)))
+    deadline = time.monotonic() + timeout
+    # In this process: a fresh interpreter per poll took seconds of the stage's time to start.
+    with api(env), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "the flow ended before reaching " + task_name
+            runs = client.read_task_runs(task_run_filter=running, flow_run_filter=FlowRunFilter(), limit=10,
+                                         offset=0, sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+            if runs:
+                return str(runs[0].flow_run_id)
+            time.sleep(0.5)
+    raise AssertionError(f"no {task_name} task run started within {timeout} s")
+
+
+def _wait_for_heartbeat(process: subprocess.Popen, root: Path, stage: str, timeout: float) -> None:
+    """Wait until the running attempt of `stage` has kept a heartbeat HEARTBEAT_S after its start
+    (mucode.attempts): a kill then leaves at least that much unfinished time behind."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, "the flow ended before reaching " + task_name
-        found = run_python(code, env, timeout=60)
-        if found.returncode == 0 and last_json_line(found.stdout)["ids"]:
-            return last_json_line(found.stdout)["ids"][0]
-        time.sleep(2)
-    raise AssertionError(f"no {task_name} task run started within {timeout} s")
+        assert process.poll() is None, f"the flow ended before {stage} kept a heartbeat"
+        for path in (root / ATTEMPTS_DIR).glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced
+            if record["stage_run"].startswith(f"{stage}/") and record["alive"] - record["started"] >= HEARTBEAT_S:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{stage} kept no heartbeat within {timeout} s")
 
 
 def _states_on(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
