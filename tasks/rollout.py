@@ -204,7 +204,8 @@ def rollout_stage(cfg, root: str, problems, generator, iteration: int):
                            config_hash=cfg.section_digest(*SECTIONS),
                            inputs=[problems.hash, generator_hash],
                            extra={"iteration": iteration, "metrics": summarize_rollouts(rollouts),
-                                  "reused_generate_calls": engine.reused_calls})
+                                  "reused_generate_calls": engine.reused_calls,
+                                  "reused_conversations": engine.reused_conversations})
 
 
 # The Prefect task: cached on the config sections read and the input artifacts' hashes.
