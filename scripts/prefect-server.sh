@@ -9,9 +9,9 @@
 #        MUCODE_PREFECT_PORT   port (default 4200)
 #        MUCODE_WORK_POOL      process work pool the worker serves (default mucode-process)
 #        MUCODE_DOCKER_POOL    docker-type pool for the `*/docker` deployments (default
-#                              mucode-docker; set it empty to skip). Created, and served by a
-#                              docker worker, when `docker info` answers and prefect-docker is
-#                              installed (pip install -e '.[docker]'); its containers (image
+#                              mucode-docker; set it empty to skip). Created when prefect-docker
+#                              is installed (pip install -e '.[docker]'), and served by a docker
+#                              worker when `docker info` answers too; its containers (image
 #                              mucode-trainer:latest, containers/build-trainer.sh) use the
 #                              host network, the volume mucode-runs at /opt/mucode/runs (also
 #                              their Prefect results), MUCODE_DATA_DIR at /data and the model
@@ -82,10 +82,6 @@ ensure_pool() {  # ensure_pool NAME TYPE [ARGS...]
     fi
 }
 
-docker_ready() {  # a Docker engine answers and prefect-docker is installed
-    docker info >/dev/null 2>&1 && "$PYTHON" -c "import prefect_docker" 2>/dev/null
-}
-
 docker_job_template() {  # the docker worker's default job template with this machine's mounts as defaults
     "$PYTHON" - "$1" <<'PY'
 import json, os, sys
@@ -113,15 +109,20 @@ PY
 }
 
 start_docker_worker() {
-    if ! docker_ready; then
-        echo "prefect-server.sh: no docker worker (needs a Docker engine, containers/setup-docker.sh, and prefect-docker: pip install -e '.[docker]')"
+    if ! "$PYTHON" -c "import prefect_docker" 2>/dev/null; then
+        echo "prefect-server.sh: no docker pool or worker (needs prefect-docker: pip install -e '.[docker]')"
         return
     fi
+    # The pool exists even without an engine, so the `*/docker` deployments register (their runs wait for a worker).
     docker_job_template "$STATE/docker-job-template.json"
     if "${PREFECT[@]}" work-pool inspect "$DOCKER_POOL" >/dev/null 2>&1; then  # keep its mounts current
         "${PREFECT[@]}" work-pool update "$DOCKER_POOL" --base-job-template "$STATE/docker-job-template.json" >/dev/null
     else
         ensure_pool "$DOCKER_POOL" docker --base-job-template "$STATE/docker-job-template.json"
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        echo "prefect-server.sh: pool $DOCKER_POOL has no worker: no Docker engine answers (bash containers/setup-docker.sh)"
+        return
     fi
     docker image inspect mucode-trainer:latest >/dev/null 2>&1 \
         || echo "prefect-server.sh: image mucode-trainer:latest is missing: bash containers/build-trainer.sh" >&2
