@@ -208,6 +208,30 @@ def unique_solves(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.
     return records
 
 
+def first_answers(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.DataFrame],
+                  iterations: int = 1) -> list[dict[str, str]]:
+    """Per evaluation: its selected turn-1 answers' public and private pass rates, median length, docstrings.
+
+    A fine-tune changes how a model answers as well as how often it is right: answers that
+    shrink and drop the prompt's docstring show a style learned from the training targets.
+    Evaluations that reuse another's rows are left out.
+    """
+    records = []
+    for s in summaries:
+        if s.label not in rows or s.details.get("same_as") or s.details.get("first_turns_of"):
+            continue
+        first = rows[s.label].filter(pl.col("turn") == 1)
+        if first.height == 0:
+            continue
+        records.append({"Dataset": dataset_title(s.dataset), "N": str(s.n), "Selection": s.selection if s.n > 1 else "–",
+                        "Method": method_title(s.method, iterations),
+                        "Public pass (%)": percent(float(first["public_passed"].mean())),
+                        "Private pass (%)": percent(float(first["private_passed"].mean())),
+                        "Median answer (characters)": str(int(first["response"].str.len_chars().median())),
+                        "Code with a docstring (%)": percent(float(first["code"].str.contains("\"\"\"|'''").mean()))})
+    return sorted(records, key=lambda record: (record["Dataset"], int(record["N"]), record["Selection"]))
+
+
 def rollout_outcomes(aggregated: pl.DataFrame, iteration: int = 1) -> dict[str, list[bool]]:
     """task_id -> whether each of its rollouts of `iteration` ended passing the oracle (its final turn).
 
@@ -369,9 +393,11 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
                      differences: Sequence[Difference], timings: Sequence[Mapping[str, Any]],
                      phases: Mapping[str, float], reference_method: str, n: int, selection: str,
                      has_ablation_plot: bool, curves_file: str, training: Sequence[Mapping[str, Any]] = (),
-                     only_solved: Sequence[Mapping[str, str]] = (), power: str = "") -> str:
-    """The compare report: training data, Table 1, paired differences, power, unique solves, curves, ablation,
-    costs, configuration. `power`: `power_section`'s text (left out when empty)."""
+                     only_solved: Sequence[Mapping[str, str]] = (), power: str = "",
+                     answers: Sequence[Mapping[str, str]] = ()) -> str:
+    """The compare report: training data, Table 1, paired differences, power, unique solves, first answers,
+    curves, ablation, costs, configuration. `power`: `power_section`'s text (left out when empty);
+    `answers`: `first_answers`' records."""
     iterations = int(config.get("iterations", 1))
     untrained = untrained_methods(training, iterations)
     headline = [s for s in summaries if s.n in (1, n) and (s.n == 1 or s.selection == selection)]
@@ -405,6 +431,11 @@ def compare_markdown(*, config: Mapping[str, Any], summaries: Sequence[Evaluatio
         f"Solved: BoN@T of the problem's searches at least {SOLVED_SHARE:.0%}. Among the methods evaluated alike "
         "(same N and selection rule; the base model and each arm's last iteration).", "",
         markdown_table(list(only_solved)) if only_solved else "_(fewer than two methods evaluated alike)_", "",
+        "## First-turn answers", "",
+        "The selected answer of every search at turn 1: how often it passes the public and the private tests, "
+        "its median length, and how often its code carries a docstring (the prompt's, usually, restated). A "
+        "fine-tune that changes these has learned the training targets' style, not only their correctness.", "",
+        markdown_table(list(answers)) if answers else "_(no evaluation rows)_", "",
         "## BoN@t per turn", "",
         f"![BoN@t per turn, every method]({curves_file})" if curves_file else "_(no evaluation at T turns yet)_", "",
         f"## BoN selection ablation ({method_title(reference_method, iterations)}, N={n})", "",

@@ -66,7 +66,7 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
     from mucode.evaluations import read_evaluations
     from mucode.compare import (
         ABLATION_FILE, ARM_CURVES_FILE, COMPARE_FILE, compare_markdown, headline_differences, plot_selection_ablation,
-        power_section, rollout_outcomes, titled, unique_solves)
+        first_answers, power_section, rollout_outcomes, titled, unique_solves)
     from mucode.publish import publish_markdown, publish_report_artifacts
     from mucode.report import plot_turn_curves, write_report
 
@@ -94,7 +94,8 @@ def compare_stage(cfg, root: str, evaluations, phases: dict[str, float] | None =
                                 timings=read_timings(root), phases=phases or {}, reference_method=reference, n=n,
                                 selection=selection, has_ablation_plot=ablation is not None,
                                 curves_file=ARM_CURVES_FILE if curves else "", training=training_records(store, training),
-                                only_solved=unique_solves(summaries, rows, cfg.iterations), power=power)
+                                only_solved=unique_solves(summaries, rows, cfg.iterations), power=power,
+                                answers=first_answers(summaries, rows, cfg.iterations))
     path = out / COMPARE_FILE
     write_atomically(path, markdown.encode())
     publish_report_artifacts(out, summaries)

@@ -149,6 +149,8 @@ def test_compare_stage_writes_the_report_from_artifacts(tmp_path):
     assert "| MBPP | 5 | µCode − Multi-turn RFT (Multi-STaR) | +66.7 |" in text
     assert "higher" in text and "| rollout | 1 | 61 |" in text and "| train mucode | 100 |" in text
     assert f"name: {cfg.name}" in text  # the configuration is in the report
+    answers = text.split("## First-turn answers")[1].split("## BoN@t")[0]
+    assert "| MBPP | 5 | pt+lv | µCode | 100.0 | 100.0 |" in answers  # every problem passes at turn 1
     for image in (ARM_CURVES_FILE, ABLATION_FILE):
         width, height = png_size(path.parent / image)
         assert width > 100 and height > 100
@@ -459,3 +461,27 @@ def test_the_plan_measures_the_discordance_of_the_base_rollouts(tmp_path, capsys
     assert main(["--config", str(QWEN_CONFIG), "--plan", "--discordance-from", str(tmp_path / "none.parquet")]) == 2
     errors = capsys.readouterr().err
     assert "lacks columns ['final', 'oracle_passed']" in errors and "no rollout artifact" in errors
+
+
+def test_first_answers_show_a_fine_tune_that_dropped_the_docstring_and_shortened_its_answers():
+    import polars as pl
+
+    from mucode.compare import first_answers
+    from mucode.evaluations import EvaluationSummary, evaluation_summary
+
+    def evaluation(method: str, solved: dict, code: str) -> tuple[EvaluationSummary, pl.DataFrame]:
+        rows = rows_for("humaneval", 1, 3, solved, "random").with_columns(
+            pl.lit(f"```python\n{code}\n```").alias("response"), pl.lit(code).alias("code"))
+        meta = {"method": method, "dataset": "humaneval", "n": 1, "selection": "random", "turns": 3, "searches": 1}
+        return evaluation_summary({"evaluation": meta, "metrics": summarize(rows)}), rows
+
+    documented = 'def f(x):\n    """Twice x."""\n    return 2 * x'
+    base = evaluation("base", {"p0": 1, "p1": 1, "p2": 2, "p3": None}, documented)
+    tuned = evaluation("mucode", {"p0": 1, "p1": 2, "p2": 2, "p3": None}, "def f(x): return 2*x")
+    records = first_answers([tuned[0], base[0]], {base[0].label: base[1], tuned[0].label: tuned[1]})
+    by_method = {record["Method"]: record for record in records}
+    assert by_method["Multi-turn Instruct (base)"]["Public pass (%)"] == "50.0"  # p0, p1 pass at turn 1
+    assert by_method["µCode"]["Private pass (%)"] == "25.0"
+    assert by_method["Multi-turn Instruct (base)"]["Code with a docstring (%)"] == "100.0"
+    assert by_method["µCode"]["Code with a docstring (%)"] == "0.0"
+    assert int(by_method["µCode"]["Median answer (characters)"]) == len("```python\ndef f(x): return 2*x\n```")
