@@ -34,13 +34,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mucode.config import Config
+from mucode.config import VERIFIER_POLICIES, Config
 
 # Problems per (dataset, split); `limit` cuts them (`load_problems` takes the first `limit`).
 DATASET_SIZES = {("mbpp", "train"): 374, ("mbpp", "test"): 500, ("humaneval", "test"): 164,
                  ("mbpp-plus", "test"): 378, ("humaneval-plus", "test"): 164, ("codecontests", "test"): 165,
                  ("codecontests", "train"): 1000}
-VERIFIER_POLICIES = ("mucode", "mucode-r")  # the relabel policies that score answers with the verifier
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def training_costs(cfg: Config, shape: Shape, speeds: Speeds, arms: list[str]) -
         verifier_tokens = draws * answer_sequence
     solved = 1 - (1 - shape.train_pass_rate) ** cfg.rollout.max_turns  # a rollout that ends passing
     examples_per_iteration = {
-        "mucode": draws, "mucode-r": draws * (1 + solved), "oracle": draws * solved,
+        "mucode": draws, "mucode-r": draws * (1 + solved), "oracle": draws * solved, "mucode-solved": draws * solved,
         "rft": draws * solved * (sum(alive) / len(alive)),  # successful trajectories are the shorter ones
         "single-turn-rft": rollouts * shape.train_pass_rate,
     }

@@ -33,6 +33,7 @@ METHOD_TITLES = {
     "rft": "Multi-turn RFT (Multi-STaR)",
     "oracle": "Multi-STaR²",
     "mucode-r": "µCode-R",
+    "mucode-solved": "µCode, solved problems only",
     "single-turn-rft": "Single-turn RFT",
     "single-turn-base": "Single-turn Instruct (base)",
 }

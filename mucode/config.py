@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mucode.hashing import json_digest
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
-Policy = Literal["mucode", "rft", "oracle", "mucode-r", "single-turn-rft"]
+Policy = Literal["mucode", "rft", "oracle", "mucode-r", "mucode-solved", "single-turn-rft"]
+VERIFIER_POLICIES = ("mucode", "mucode-r", "mucode-solved")  # the relabel policies that score answers with the verifier
 Selection = Literal["random", "lv", "pt", "pt+lv"]
 
 

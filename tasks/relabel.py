@@ -10,6 +10,10 @@ too, selected by `RelabelConfig.policy`:
   passes give nothing. Ties between passing answers go to the earliest (iteration,
   rollout_id, turn, then response text), so the choice is deterministic.
 - `mucode-r`: the `mucode` rows followed by the `oracle` rows.
+- `mucode-solved` (a diagnostic, not in the paper): the `mucode` rows of the problems whose
+  expert answer passes, so the verifier only ranks passing answers. Against `mucode` it
+  shows what the unsolved problems' (failing) targets do; against `oracle`, what the
+  verifier's ranking among passing answers does.
 - `rft` (Multi-STaR): every turn of every trajectory whose final turn passes the oracle,
   each with its own answer as the target.
 - `single-turn-rft`: first-turn answers that pass the oracle.
@@ -29,7 +33,7 @@ import math
 import polars as pl
 
 from mucode.columns import require_columns
-from mucode.config import RelabelConfig
+from mucode.config import VERIFIER_POLICIES, RelabelConfig
 from mucode.prompts import extract_code
 
 AGGREGATE_COLUMNS = ("task_id", "rollout_id", "turn", "prompt_messages", "response", "final", "oracle_passed",
@@ -58,6 +62,8 @@ def relabel(aggregated: pl.DataFrame, scores: pl.DataFrame | None, cfg: RelabelC
         return mucode_dataset(aggregated, _checked_scores(scores, cfg.policy), cfg)
     if cfg.policy == "oracle":
         return oracle_dataset(aggregated, cfg)
+    if cfg.policy == "mucode-solved":
+        return mucode_dataset(aggregated, _checked_scores(scores, cfg.policy), cfg, solved_only=True)
     if cfg.policy == "mucode-r":
         mucode_rows = mucode_dataset(aggregated, _checked_scores(scores, cfg.policy), cfg)
         return pl.concat([mucode_rows, oracle_dataset(aggregated, cfg)])
@@ -99,9 +105,13 @@ def oracle_targets(aggregated: pl.DataFrame, beta_oracle: float) -> pl.DataFrame
                           by_score=False)
 
 
-def mucode_dataset(aggregated: pl.DataFrame, scores: pl.DataFrame, cfg: RelabelConfig) -> pl.DataFrame:
+def mucode_dataset(aggregated: pl.DataFrame, scores: pl.DataFrame, cfg: RelabelConfig,
+                   solved_only: bool = False) -> pl.DataFrame:
+    """Every prefix → its problem's expert answer; `solved_only`: only where that answer passes."""
     targets = expert_targets(aggregated, scores, cfg.beta_oracle, cfg.beta_verifier)
-    return _prefixes_with_targets(aggregated, targets, "mucode")
+    if solved_only:
+        targets = targets.filter(pl.col("target_oracle_passed"))
+    return _prefixes_with_targets(aggregated, targets, "mucode-solved" if solved_only else "mucode")
 
 
 def oracle_dataset(aggregated: pl.DataFrame, cfg: RelabelConfig) -> pl.DataFrame:
@@ -223,7 +233,7 @@ def relabel_stage(cfg, root: str, aggregated, problems, verifier):
     store = ArtifactStore(root)
     frame = store.get_frame(aggregated)
     scores = None
-    if verifier is not None and cfg.relabel.policy in ("mucode", "mucode-r"):
+    if verifier is not None and cfg.relabel.policy in VERIFIER_POLICIES:
         scorer = VerifierScorer(store.get_dir(verifier), max_length=cfg.verifier.max_length)
         scores = score_final_answers(scorer, frame, store.get_frame(problems))
     sft = relabel(frame, scores, cfg.relabel)

@@ -111,6 +111,17 @@ def test_mucode_r_is_mucode_rows_then_oracle_rows():
     assert sft["policy"].to_list() == ["mucode"] * 12 + ["oracle"] * 8
 
 
+def test_mucode_solved_keeps_the_mucode_rows_of_problems_whose_expert_answer_passes():
+    sft = relabel(AGGREGATED, SCORES, RelabelConfig(policy="mucode-solved"))
+    mucode_rows = relabel(AGGREGATED, SCORES, RelabelConfig(policy="mucode")).filter(pl.col("task_id") != "b")
+    assert sft.drop("policy").rows() == mucode_rows.drop("policy").rows()  # b has no passing answer
+    assert sft.height == 8 and set(sft["policy"]) == {"mucode-solved"} and sft["target_oracle_passed"].all()
+    # Unlike the oracle policy, the verifier ranks the passing answers: a's target is a_it1, not a0_2.
+    assert set(sft.filter(pl.col("task_id") == "a")["completion"]) == {fenced_code(answer("a_it1"))}
+    with pytest.raises(RelabelInputError, match="needs verifier scores"):
+        relabel(AGGREGATED, None, RelabelConfig(policy="mucode-solved"))
+
+
 def test_rft_keeps_every_turn_of_successful_trajectories_with_their_own_answers():
     sft = relabel(AGGREGATED, None, RelabelConfig(policy="rft"))
     assert summary(sft) == [
