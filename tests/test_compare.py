@@ -485,3 +485,23 @@ def test_first_answers_show_a_fine_tune_that_dropped_the_docstring_and_shortened
     assert by_method["Multi-turn Instruct (base)"]["Code with a docstring (%)"] == "100.0"
     assert by_method["µCode"]["Code with a docstring (%)"] == "0.0"
     assert int(by_method["µCode"]["Median answer (characters)"]) == len("```python\ndef f(x): return 2*x\n```")
+
+
+def test_add_arm_compares_against_the_runs_own_n1_evaluations_only(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("add_arm", REPO / "scripts" / "add_arm.py")
+    add_arm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(add_arm)
+    store = ArtifactStore(str(tmp_path / "run"))
+    solved = {"p0": 1, "p1": None}
+    kept = [_store_evaluation(store, "base", "mbpp", 1, "random", solved),
+            _store_evaluation(store, "mucode", "mbpp", 1, "random", {"p0": 2, "p1": None})]
+    _store_evaluation(store, "mucode", "mbpp", 5, "pt+lv", solved)  # N = 5: not a row of the N = 1 report
+    rows = rows_for("mbpp", 1, 3, solved, "random")
+    store.put_frame(rows, stage="evaluate-rft", extra={"evaluation": {
+        "method": "rft", "dataset": "mbpp", "n": 1, "selection": "random", "turns": 3, "searches": 1,
+        "details": {"same_as": "base"}}, "metrics": summarize(rows)})  # an alias of the base model's rows
+    found = add_arm.base_evaluations(store, turns=3)
+    assert sorted(m["path"] for m in found) == sorted(str(e.path) for e in kept)
+    assert add_arm.base_evaluations(store, turns=1) == []
