@@ -181,6 +181,11 @@ def differences_table(differences: Sequence[Difference], iterations: int = 1) ->
     return markdown_table(records)
 
 
+def reuses_rows(details: Mapping[str, Any]) -> bool:
+    """Whether an evaluation's rows are another's: an alias (`same_as`) or the first turns of a longer search."""
+    return bool(details.get("same_as") or details.get("first_turns_of"))
+
+
 def unique_solves(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.DataFrame],
                   iterations: int = 1) -> list[dict[str, str]]:
     """Per dataset and N: how many problems each method solves, and how many of those no other method does.
@@ -188,8 +193,7 @@ def unique_solves(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.
     The methods are those evaluated alike at full T (each N with its one selection rule):
     the base model and each arm's last iteration, leaving out evaluations that reuse another's rows.
     """
-    chosen = [s for s in summaries if s.label in rows and not s.details.get("same_as")
-              and not s.details.get("first_turns_of") and ITERATION_MARK not in s.method]
+    chosen = [s for s in summaries if s.label in rows and not reuses_rows(s.details) and ITERATION_MARK not in s.method]
     records = []
     groups = dict.fromkeys((s.dataset, s.n, s.selection, s.turns) for s in chosen)
     for dataset, n, selection, turns in groups:
@@ -219,7 +223,7 @@ def first_answers(summaries: Sequence[EvaluationSummary], rows: Mapping[str, pl.
     """
     records = []
     for s in summaries:
-        if s.label not in rows or s.details.get("same_as") or s.details.get("first_turns_of"):
+        if s.label not in rows or reuses_rows(s.details):
             continue
         first = rows[s.label].filter(pl.col("turn") == 1)
         if first.height == 0:

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from mucode.artifacts import ArtifactStore
+from mucode.compare import reuses_rows
 from mucode.flows.compare import arm_state_root
 from mucode.flows.experiment import load_experiment, read_iterations
 from mucode.flows.stage import mucode_stage
@@ -29,9 +30,7 @@ def base_evaluations(store: ArtifactStore, turns: int) -> list[dict]:
     found = []
     for manifest in store.list():
         meta = manifest.get("evaluation")
-        details = (meta or {}).get("details", {})
-        if (meta and meta["n"] == 1 and meta["turns"] == turns and not details.get("same_as")
-                and not details.get("first_turns_of")):
+        if meta and meta["n"] == 1 and meta["turns"] == turns and not reuses_rows(meta.get("details", {})):
             found.append(manifest)
     return found
 
